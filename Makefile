@@ -1,0 +1,44 @@
+# Two commands for a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# CPU torch first: an unpinned resolve would pull the multi-GB CUDA build. Override for a GPU box,
+# e.g. make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: install demo test params bench mlflow-ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@start=$$(date +%s); $(BIN)/dvc repro && end=$$(date +%s) && \
+	echo "" && echo "dvc repro finished in $$((end - start)) s" && echo "Reports:" && \
+	ls -1 reports/*.md reports/figures/*.png | sed 's/^/  /' && \
+	echo "Open the runs in the MLflow UI (then browse http://127.0.0.1:5000):" && \
+	echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/.
+params: $(STAMP)
+	$(BIN)/pipeline-params
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/training_loop.py
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf artifacts mlflow.db mlartifacts multirun.yaml

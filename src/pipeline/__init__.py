@@ -1,0 +1,1 @@
+"""Transfer and multitask learning experiments."""

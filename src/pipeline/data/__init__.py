@@ -1,0 +1,119 @@
+"""The prepared task set: what every stage after `prepare` reads instead of raw data.
+
+On disk a task set is a directory with `arrays.npz` (inputs, label matrix, split indices) and
+`meta.json` (task specs, input shape, provenance with content hash). Labels form an N x T matrix,
+one column per task, NaN where a sample has no label for that task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str  # "classification" | "regression"
+    classes: list[str] | None = None  # class names, index = label value
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("classification", "regression"):
+            raise PipelineError(f"task {self.name!r}: kind must be classification or regression, got {self.kind!r}")
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.kind == "classification" else 1
+
+
+@dataclass
+class TaskSet:
+    x: np.ndarray  # float32 [N, D]
+    y: np.ndarray  # float32 [N, T], NaN = unlabelled
+    tasks: list[TaskSpec]
+    splits: dict[str, np.ndarray]
+    input_shape: list[int]
+    provenance: dict = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.x, self.y, *(self.splits[s] for s in SPLITS)):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / "arrays.npz", x=self.x, y=self.y, **{f"split_{s}": self.splits[s] for s in SPLITS})
+        meta = {
+            "tasks": [asdict(t) for t in self.tasks],
+            "input_shape": self.input_shape,
+            "n_samples": int(len(self.x)),
+            "split_sizes": {s: int(len(self.splits[s])) for s in SPLITS},
+            "provenance": {**self.provenance, "content_hash": self.content_hash()},
+        }
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "TaskSet":
+        directory = Path(directory)
+        if not (directory / "meta.json").exists() or not (directory / "arrays.npz").exists():
+            raise PipelineError(f"missing upstream output {directory} (prepared task set); run `dvc repro` or the prepare stage first")
+        meta = json.loads((directory / "meta.json").read_text())
+        with np.load(directory / "arrays.npz") as arr:
+            return cls(
+                x=arr["x"],
+                y=arr["y"],
+                tasks=[TaskSpec(**t) for t in meta["tasks"]],
+                splits={s: arr[f"split_{s}"] for s in SPLITS},
+                input_shape=meta["input_shape"],
+                provenance=meta["provenance"],
+            )
+
+    @property
+    def data_hash(self) -> str:
+        return self.provenance.get("content_hash") or self.content_hash()
+
+
+def stratified_splits(y: np.ndarray, kind: str, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+    """Fixed train/val/test indices; stratified by class so every split sees every class."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    strat = y if kind == "classification" else None
+    try:
+        rest, test_idx = train_test_split(idx, test_size=test, random_state=seed, stratify=strat)
+        strat_rest = y[rest] if kind == "classification" else None
+        train_idx, val_idx = train_test_split(rest, test_size=val / (1.0 - test), random_state=seed, stratify=strat_rest)
+    except ValueError as exc:
+        raise PipelineError(f"cannot split {len(y)} samples into val={val}, test={test}: {exc}") from None
+    return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def label_budget(y: np.ndarray, pool: np.ndarray, kind: str, k: int, seed: int, where: str = "train split") -> np.ndarray:
+    """Indices of a labelled subset of `pool`: k per class (classification) or k rows (regression).
+
+    The subset for budget k is drawn from one permutation per seed, so a larger budget at the same
+    seed contains the smaller one and label-efficiency curves compare like with like.
+    """
+    rng = np.random.default_rng(seed)
+    pool = pool[~np.isnan(y[pool])]
+    if kind == "regression":
+        if len(pool) < k:
+            raise PipelineError(f"label budget {k} rows exceeds the {len(pool)} labelled rows of the {where}")
+        return np.sort(rng.permutation(pool)[:k])
+    chosen = []
+    for c in np.unique(y[pool]).astype(int):
+        members = pool[y[pool] == c]
+        if len(members) < k:
+            raise PipelineError(f"class {c} has {len(members)} labelled examples in the {where}, fewer than the label budget k={k}")
+        chosen.append(rng.permutation(members)[:k])
+    return np.sort(np.concatenate(chosen))

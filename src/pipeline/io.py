@@ -1,0 +1,56 @@
+"""Atomic writes: a failed stage leaves the previous output or nothing, never half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a scratch directory that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+@contextmanager
+def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, target)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_file(path) as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    from pipeline.errors import PipelineError
+
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"missing upstream output {path} ({what}); run the stage that makes it first, e.g. `dvc repro`")
+    return json.loads(path.read_text())

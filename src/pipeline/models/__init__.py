@@ -1,0 +1,104 @@
+"""Backbones and heads built from config, and the checkpoint format that carries their architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+
+class MLP(nn.Module):
+    """Blocks of Linear -> ReLU -> Dropout; `out_dim` is the feature size a head sees."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
+        super().__init__()
+        dims = [int(input_dim), *map(int, hidden)]
+        self.blocks = nn.ModuleList(Block(dims[i], dims[i + 1], dropout) for i in range(len(dims) - 1))
+        self.out_dim = dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class Block(nn.Module):
+    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.relu(self.linear(x)))
+
+
+class Net(nn.Module):
+    """backbone -> head. Transfer strategies copy, freeze or re-initialise parts by name."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build(arch: Mapping[str, Any]) -> Net:
+    """`arch` = {"backbone": {_target_, input_dim, ...}, "n_outputs": int}, as saved in checkpoints."""
+    from hydra.utils import instantiate
+
+    backbone = instantiate(dict(arch["backbone"]))
+    return Net(backbone, nn.Linear(backbone.out_dim, int(arch["n_outputs"])))
+
+
+def architecture(model_cfg: Mapping[str, Any], input_dim: int, n_outputs: int) -> dict:
+    from omegaconf import OmegaConf
+
+    backbone = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else dict(model_cfg)
+    return {"backbone": {**backbone, "input_dim": int(input_dim)}, "n_outputs": int(n_outputs)}
+
+
+def save_checkpoint(path: str | Path, model: Net, arch: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    from pipeline.io import atomic_file
+
+    with atomic_file(path, "wb") as fh:
+        torch.save({"arch": dict(arch), "state_dict": model.state_dict(), **extra}, fh)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"missing upstream output {path} (source checkpoint); run the pretrain stage first (`dvc repro`)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_matching(target: nn.Module, state: Mapping[str, torch.Tensor], prefixes: Sequence[str], what: str) -> list[str]:
+    """Copy the parameters under `prefixes` from `state` into `target`; name every mismatch.
+
+    Returns the copied parameter names. A missing or differently shaped layer is an error that lists
+    the layers at fault, so a checkpoint from another architecture never half-loads silently.
+    """
+    own = target.state_dict()
+    wanted = [k for k in own if any(k == p or k.startswith(p + ".") for p in prefixes)]
+    unknown = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in own)]
+    if unknown:
+        raise PipelineError(f"{what}: layers {unknown} do not exist in the target model; it has {_layers(own)}")
+    missing = [k for k in wanted if k not in state]
+    shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs target {tuple(own[k].shape)}" for k in wanted if k in state and state[k].shape != own[k].shape]
+    if missing or shape:
+        parts = ([f"missing in checkpoint: {missing}"] if missing else []) + ([f"shape mismatch: {shape}"] if shape else [])
+        raise PipelineError(f"{what}: checkpoint architecture does not match the target model; " + "; ".join(parts))
+    with torch.no_grad():
+        for k in wanted:
+            own[k].copy_(state[k])
+    return wanted
+
+
+def _layers(state: Mapping[str, Any]) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in state})

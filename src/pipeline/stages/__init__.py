@@ -1,0 +1,98 @@
+"""Stages: each is `run(cfg) -> dict` plus a Hydra entry point, so DVC, Hydra multirun and tests
+call the same code. Helpers here resolve the experiment and its file layout from the config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+
+CONF_DIR = os.environ.get("PIPELINE_CONF_DIR", str(Path.cwd() / "conf"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an experiment's stage outputs live (the `outs` of dvc.yaml follow the same scheme)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "source"
+
+    @property
+    def knowledge(self) -> Path:
+        return self.root / "knowledge"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+
+def experiment(cfg: DictConfig) -> tuple[str, DictConfig]:
+    """The selected experiment's name and config node; an unknown name lists the valid ones."""
+    name = cfg.get("exp")
+    known = sorted(cfg.get("experiments", {}).keys())
+    if name not in known:
+        raise PipelineError(f"unknown experiment exp={name!r}; valid experiments: {known} (add one in conf/experiment/ and conf/config.yaml)")
+    return name, cfg.experiments[name]
+
+
+def layout(cfg: DictConfig, name: str) -> Layout:
+    return Layout(Path(cfg.paths.artifacts) / name)
+
+
+def pick(selected: Any, available: Iterable[Any], what: str) -> list:
+    """`selected` (one value, a list, or null for all) checked against `available`."""
+    available = list(available)
+    if selected is None:
+        return available
+    chosen = list(selected) if OmegaConf.is_list(selected) or isinstance(selected, (list, tuple)) else [selected]
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        raise PipelineError(f"unknown {what} {unknown}; valid: {available}")
+    return chosen
+
+
+def config_dict(cfg: DictConfig, *keys: str) -> dict:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+
+
+def hydra_entry(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """Wrap `run` as a Hydra app reading `conf/` (or `--config-dir . --config-name params` under DVC).
+
+    A PipelineError becomes one clear line on stderr and exit status 2, with no traceback.
+    """
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    def main(cfg: DictConfig) -> None:
+        try:
+            run(cfg)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return main
+
+
+# Hydra's own run/sweep directories would scatter outputs the pipeline never reads: results go to
+# DVC outs and MLflow. Users may still override any of these on the command line.
+HYDRA_DEFAULTS = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra.sweep.dir=.", "hydra.sweep.subdir=.", "hydra/job_logging=stdout"]
+
+
+def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
+    given = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
+    sys.argv = [sys.argv[0], *argv, *extra]
+    hydra_entry(run)()

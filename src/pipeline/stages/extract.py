@@ -1,0 +1,67 @@
+"""extract ("knowledge extraction"): the frozen source model over every target sample.
+
+Writes the source features and class probabilities of each target sample, and scores that say how
+far the domains are before any target training: LEEP on the target's train split and, where source
+and target share a label space, the source model's accuracy on the target test split with no target
+labels at all.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from pipeline.stages import experiment, hydra_entry, layout
+
+
+def run(cfg: DictConfig) -> dict:
+    import numpy as np
+    import torch
+
+    from pipeline.data import TaskSet, TaskSpec
+    from pipeline.io import atomic_dir, read_json, write_json
+    from pipeline.knowledge import leep
+    from pipeline.models import build, load_checkpoint
+    from pipeline.tracking import Tracker
+    from pipeline.training import SupervisedModule, TensorLoader, trainer
+
+    name, _ = experiment(cfg)
+    paths = layout(cfg, name)
+    tgt = TaskSet.load(paths.data / "target")
+    ckpt = load_checkpoint(paths.source / "model.pt")
+    read_json(paths.source / "summary.json", "pretrain summary")
+    src_task = TaskSpec(**ckpt["task"])
+    net = build(ckpt["arch"])
+    net.load_state_dict(ckpt["state_dict"])
+    net.eval()
+    module = SupervisedModule(net, src_task, [], optimizer=None)
+    x = torch.as_tensor(tgt.x)
+    loader = TensorLoader(x, torch.zeros(len(x)), batch_size=4096, shuffle=False)
+    batches = trainer({**cfg.trainer, "max_epochs": 1, "progress_bar": False}).predict(module, loader)
+    feats = torch.cat([f for f, _ in batches]).numpy()
+    probs = torch.cat([p for _, p in batches]).numpy()
+
+    task = tgt.tasks[0]
+    y = tgt.y[:, 0]
+    summary = {"source_run_id": ckpt["run_id"], "feature_dim": int(feats.shape[1]), "shared_label_space": False}
+    if src_task.kind == task.kind == "classification":
+        tr = tgt.splits["train"]
+        summary["leep"] = leep(probs[tr], y[tr].astype(int), task.n_outputs)
+        if src_task.classes == task.classes:
+            te = tgt.splits["test"]
+            summary["shared_label_space"] = True
+            summary["zero_shot_acc"] = float((probs[te].argmax(1) == y[te]).mean())
+    tracker = Tracker(name, cfg.tracking.uri)
+    run_id = tracker.start("extract", "source", None, tgt.data_hash, params={"feature_dim": feats.shape[1]}, source_run_id=ckpt["run_id"])
+    tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
+    summary["run_id"] = run_id
+    with atomic_dir(paths.knowledge) as tmp:
+        np.save(tmp / "features.npy", feats.astype(np.float32))
+        np.save(tmp / "probs.npy", probs.astype(np.float32))
+        write_json(tmp / "summary.json", summary)
+    tracker.finish(run_id)
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
+    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features; {scores}")
+    return summary
+
+
+main = hydra_entry(run)

@@ -1,0 +1,61 @@
+"""pretrain: backbone + head trained on the source task; the checkpoint keeps its architecture."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from omegaconf import DictConfig
+
+from pipeline.stages import config_dict, experiment, hydra_entry, layout
+
+
+def split_tensors(ts, x=None, index=None):
+    """{split: (inputs, labels)} tensors for a single-task set, optionally on other inputs/indices."""
+    import torch
+
+    x = ts.x if x is None else x
+    index = index or ts.splits
+    return {s: (torch.as_tensor(x[i]), torch.as_tensor(ts.y[i, 0])) for s, i in index.items()}
+
+
+def run(cfg: DictConfig) -> dict:
+    import torch
+    from hydra.utils import instantiate
+
+    from pipeline.data import TaskSet
+    from pipeline.io import atomic_dir, write_json
+    from pipeline.models import architecture, build, save_checkpoint
+    from pipeline.tracking import Tracker
+    from pipeline.training import SupervisedModule, fit
+
+    name, exp = experiment(cfg)
+    paths = layout(cfg, name)
+    src = TaskSet.load(paths.data / "source")
+    task = src.tasks[0]
+    seed = int(cfg.pretrain.seed)
+    arch = architecture(cfg.model, src.x.shape[1], task.n_outputs)
+    torch.manual_seed(seed)
+    net = build(arch)
+    tracker = Tracker(name, cfg.tracking.uri)
+    run_id = tracker.start("pretrain", "source", seed, src.data_hash, params=config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source})
+    start = time.perf_counter()
+    module = SupervisedModule(net, task, [{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}], instantiate(cfg.optimizer))
+    try:
+        result = fit(module, split_tensors(src), {**cfg.trainer, **cfg.pretrain}, seed, logger=tracker.lightning_logger(run_id))
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    seconds = time.perf_counter() - start
+    tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
+    summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": result.test, "best_epoch": result.best_epoch, "seconds": round(seconds, 2)}
+    with atomic_dir(paths.source) as tmp:
+        save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
+        write_json(tmp / "summary.json", summary)
+    tracker.finish(run_id)
+    metric = "acc" if task.kind == "classification" else "rmse"
+    print(f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id}")
+    return summary
+
+
+main = hydra_entry(run)

@@ -1,0 +1,143 @@
+"""MLflow conventions in one place: store location, run names, tags, params, lineage.
+
+One MLflow experiment per scenario; run names `<stage>/<strategy>[/k<budget>]/seed<k>`; every run
+tagged with stage, strategy, scenario, seed, git commit and data hash, plus `source_run_id` where a
+source model was used, so the UI's compare view lines strategies up and lineage can be followed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+REQUIRED_TAGS = ("stage", "strategy", "scenario", "seed", "git_commit", "data_hash")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` (a server) wins; else the configured URI; else SQLite at the repo root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Relative SQLite paths would follow the working directory; pin them to where we run.
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def run_name(stage: str, strategy: str, seed: int | None, budget: int | None = None) -> str:
+    parts = [stage, strategy] + ([f"k{budget}"] if budget is not None else []) + ([f"seed{seed}"] if seed is not None else [])
+    return "/".join(parts)
+
+
+class Tracker:
+    """Thin layer over `MlflowClient` for one scenario (= one MLflow experiment)."""
+
+    def __init__(self, scenario: str, uri: str | None = None, artifact_root: str = "mlartifacts") -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(uri)
+        self.scenario = scenario
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(scenario)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                # Keep artifacts beside the embedded store, not in whatever directory a stage ran from.
+                location = Path(artifact_root).resolve().joinpath(scenario).as_uri()
+            self.experiment_id = self.client.create_experiment(scenario, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def start(self, stage: str, strategy: str, seed: int | None, data_hash: str, params: Mapping[str, Any] | None = None,
+              budget: int | None = None, source_run_id: str | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
+        from mlflow.entities import Param
+
+        tags = {"stage": stage, "strategy": strategy, "scenario": self.scenario, "seed": "" if seed is None else str(seed),
+                "git_commit": git_commit(), "data_hash": data_hash}
+        if budget is not None:
+            tags["budget"] = str(budget)
+        if source_run_id:
+            tags["source_run_id"] = source_run_id
+        tags.update(extra_tags or {})
+        run = self.client.create_run(self.experiment_id, run_name=run_name(stage, strategy, seed, budget), tags=tags)
+        run_id = run.info.run_id
+        flat = list(flatten(params or {}).items())
+        for i in range(0, len(flat), 100):  # MLflow's per-call limit
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_artifact(self, run_id: str, path: str | Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), subdir)
+
+    def lightning_logger(self, run_id: str):
+        """Lightning's MLflow logger writing into our run, its metrics sent in one batch at the end."""
+        return _buffered_logger_class()(experiment_name=self.scenario, tracking_uri=self.uri, run_id=run_id)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+@functools.lru_cache(maxsize=1)
+def _buffered_logger_class():
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities import rank_zero_only
+    from mlflow.entities import Metric
+
+    class BufferedMLFlowLogger(MLFlowLogger):
+        """Each SQLite write is a transaction (~10 ms here) and MLflow's async queue blocks on
+        flushes, so per-epoch metrics are kept in memory and written with one `log_batch`."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._buffer: list = []
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None) -> None:
+            import time
+
+            now = int(time.time() * 1000)
+            self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+
+        @rank_zero_only
+        def finalize(self, status: str = "success") -> None:
+            for i in range(0, len(self._buffer), 1000):
+                self.experiment.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
+            self._buffer = []
+            # The stage ends the run itself once test metrics are in; Lightning would end it after fit.
+
+    return BufferedMLFlowLogger

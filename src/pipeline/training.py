@@ -1,0 +1,201 @@
+"""Lightning training of one supervised task, tuned for many small in-memory runs.
+
+Per-step work is kept to the optimisation itself: batches are sliced from tensors already in memory
+(no per-sample collate), the training loss is summed on-device and logged once per epoch, and
+validation runs the whole split as one batch. Lightning still owns the loop, callbacks
+(checkpointing for model selection, early stopping) and loggers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.data import TaskSpec
+
+
+class TensorLoader:
+    """Shuffled index batches over in-memory tensors; each pass is one epoch.
+
+    `min_batches` stretches an epoch over several passes when the data set is a handful of labels,
+    so epoch-level overhead (validation, checkpointing) is not paid after every single step.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1) -> None:
+        self.x, self.y = x, y
+        self.batch_size = min(int(batch_size), len(x)) if shuffle else int(batch_size)
+        self.shuffle = shuffle
+        self.per_pass = math.ceil(len(x) / self.batch_size)
+        self.passes = max(1, math.ceil(min_batches / self.per_pass)) if shuffle else 1
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.per_pass * self.passes
+
+    def __iter__(self):
+        n, bs = len(self.x), self.batch_size
+        for _ in range(self.passes):
+            order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                yield self.x[idx], self.y[idx]
+
+
+def task_metrics(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy and macro-F1 for classes, RMSE and R² for values (torchmetrics)."""
+    from torchmetrics.functional import mean_squared_error, r2_score
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    if task.kind == "classification":
+        n = task.n_outputs
+        target = y.long()
+        return {
+            "acc": multiclass_accuracy(out, target, num_classes=n, average="micro"),
+            "f1": multiclass_f1_score(out, target, num_classes=n, average="macro"),
+        }
+    pred = out.squeeze(-1)
+    return {"rmse": mean_squared_error(pred, y).sqrt(), "r2": r2_score(pred, y)}
+
+
+def selection(task: TaskSpec) -> tuple[str, str]:
+    """The validation metric that picks the best epoch, and whether it is maximised."""
+    return ("val/acc", "max") if task.kind == "classification" else ("val/rmse", "min")
+
+
+class SupervisedModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        task: TaskSpec,
+        param_groups: Sequence[Mapping[str, Any]],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.task = task
+        self.param_groups = [dict(g) for g in param_groups]
+        self.optimizer_factory = optimizer
+        self.extra_loss = extra_loss
+        self._loss_sum: torch.Tensor | None = None
+        self._steps = 0
+        self.test_results: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task.kind == "classification":
+            return F.cross_entropy(out, y.long())
+        return F.mse_loss(out.squeeze(-1), y)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(self.net)
+        # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
+        d = loss.detach()
+        self._loss_sum = d if self._loss_sum is None else self._loss_sum + d
+        self._steps += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._steps:
+            self.log("train/loss", self._loss_sum / self._steps)
+        self._loss_sum, self._steps = None, 0
+
+    def _evaluate(self, batch, prefix: str) -> dict[str, torch.Tensor]:
+        x, y = batch
+        out = self(x)
+        values = {f"{prefix}/loss": self.loss(out, y), **{f"{prefix}/{k}": v for k, v in task_metrics(self.task, out, y).items()}}
+        self.log_dict(values, batch_size=len(x))
+        return values
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        values = self._evaluate(batch, "test")
+        self.test_results = {k: float(v) for k, v in values.items()}
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        feats = self.net.backbone(x)
+        return feats, self.net.head(feats).softmax(-1) if self.task.kind == "classification" else self.net.head(feats)
+
+    def configure_optimizers(self):
+        groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups if any(p.requires_grad for p in g["params"])]
+        return self.optimizer_factory(groups)
+
+
+@dataclass
+class FitResult:
+    test: dict[str, float]
+    best_epoch: int
+    epochs: int
+    steps: int
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    # Device banners and tips would drown the one line per run that users watch in `dvc repro`.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def trainer(train_cfg: Mapping[str, Any], logger=None, callbacks=(), max_epochs: int | None = None) -> L.Trainer:
+    _quiet()
+    return L.Trainer(
+        max_epochs=max_epochs if max_epochs is not None else int(train_cfg["max_epochs"]),
+        accelerator=train_cfg.get("accelerator", "auto"),
+        devices=1,
+        logger=logger if logger is not None else False,
+        callbacks=list(callbacks),
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_model_summary=False,
+        enable_progress_bar=bool(train_cfg.get("progress_bar", True)) and sys.stderr.isatty(),
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=int(train_cfg.get("val_every_n_epochs", 1)),
+        log_every_n_steps=1_000_000,  # epoch-level metrics only, see SupervisedModule.training_step
+        deterministic=bool(train_cfg.get("deterministic", False)),
+    )
+
+
+def fit(
+    module: SupervisedModule,
+    data: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    logger=None,
+) -> FitResult:
+    """Train on data['train'], keep the epoch with the best validation metric, test it."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    monitor, mode = selection(module.task)
+    L.seed_everything(seed, workers=False, verbose=False)
+    x, y = data["train"]
+    train = TensorLoader(x, y, train_cfg["batch_size"], shuffle=True, seed=seed, min_batches=int(train_cfg.get("min_steps_per_epoch", 1)))
+    whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
+        stop = EarlyStopping(monitor=monitor, mode=mode, patience=int(train_cfg.get("patience", 10)))
+        tr = trainer(train_cfg, logger=logger, callbacks=[ckpt, stop])
+        tr.fit(module, train, whole("val"))
+        best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(best["state_dict"])
+        best_epoch = int(best.get("epoch", tr.current_epoch))
+        tr.test(module, whole("test"), verbose=False)
+    return FitResult(test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step)

@@ -1,0 +1,70 @@
+"""Transfer strategies: how the target model is built from what the source task taught.
+
+A strategy is one class here plus one file in `conf/transfer/`; the config's `_target_` finds it,
+so the fine-tune stage never branches on strategy names. `build` says, for every parameter of the
+target model, whether it was copied from the source, frozen, or freshly initialised, and which
+learning rate it trains with; tests and MLflow read that plan back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.data import TaskSpec
+
+
+@dataclass
+class TransferContext:
+    source: Mapping[str, Any]  # the source checkpoint: {"arch", "state_dict", "run_id", ...}
+    target: TaskSpec
+    input_dim: int
+    model_cfg: Mapping[str, Any]  # the configured architecture (what `scratch` builds)
+    feature_dim: int | None = None  # size of the extracted source features
+
+
+@dataclass
+class TransferPlan:
+    net: nn.Module
+    param_groups: list[dict]  # {"name", "params", "lr"}
+    inputs: str = "raw"  # "raw" target inputs, or "features" extracted by the source model
+    copied: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
+
+    @property
+    def reinitialised(self) -> list[str]:
+        return [n for n, _ in self.net.named_parameters() if n not in self.copied]
+
+    def lr_of(self, name: str) -> float | None:
+        """The learning rate parameter `name` trains with; None when frozen."""
+        param = dict(self.net.named_parameters())[name]
+        if not param.requires_grad:
+            return None
+        return next(g["lr"] for g in self.param_groups if any(p is param for p in g["params"]))
+
+
+class Strategy:
+    """Base: subclasses implement `build`. `lr` is the fine-tuning rate given by `transfer.lr`."""
+
+    name = "strategy"
+
+    def build(self, ctx: TransferContext, lr: float) -> TransferPlan:
+        raise NotImplementedError
+
+
+def freeze(net: nn.Module, prefixes: list[str]) -> list[str]:
+    frozen = []
+    for n, p in net.named_parameters():
+        if any(n == q or n.startswith(q + ".") for q in prefixes):
+            p.requires_grad_(False)
+            frozen.append(n)
+    return frozen
+
+
+def target_arch(arch: Mapping[str, Any], target: TaskSpec) -> dict:
+    """The source architecture with its head resized for the target task."""
+    return {**arch, "n_outputs": target.n_outputs}
