@@ -1,0 +1,136 @@
+"""Bad input: a message naming the file, column, key or value at fault, a non-zero exit, and no
+half-written outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+from conftest import run_cli
+from pipeline.errors import PipelineError
+from pipeline.stages import finetune, prepare
+
+
+def wine_tables(tmp_path, mutate=None):
+    df = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
+    src, tgt = df.iloc[::2].copy(), df.iloc[1::2].copy()
+    if mutate:
+        mutate(tgt)
+    tgt.to_csv(tmp_path / "target.csv", index=False)
+    src.to_csv(tmp_path / "source.csv", index=False)
+    return tmp_path / "source.csv", tmp_path / "target.csv"
+
+
+def table_cfg(make_cfg, src, tgt, budgets="[1,3]", label="cultivar"):
+    return make_cfg(
+        "+experiment@experiments.mine=my_tables", "exp=mine",
+        f"experiments.mine.source.path={src}", f"experiments.mine.target.path={tgt}",
+        f"experiments.mine.source.target={label}", f"experiments.mine.target.target={label}",
+        "experiments.mine.source.classes=null", "experiments.mine.target.classes=null",
+        f"experiments.mine.budgets={budgets}",
+    )
+
+
+def assert_prepare_fails(cfg, *fragments):
+    with pytest.raises(PipelineError) as err:
+        prepare.run(cfg)
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+    out = prepare.layout(cfg, "mine").data
+    assert not out.exists(), "a failed prepare must not leave outputs"
+    assert not any(p.name.startswith(".data.") for p in out.parent.glob(".*")) if out.parent.exists() else True
+
+
+def test_user_tables_run_through_prepare(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    cfg = table_cfg(make_cfg, src, tgt)
+    prepare.run(cfg)
+    meta = (prepare.layout(cfg, "mine").data / "target" / "meta.json").read_text()
+    assert '"cultivar"' in meta and '"classification"' in meta and "file_sha256" in meta
+
+
+def test_table_without_label_column(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path, lambda d: d.__delitem__("cultivar"))
+    assert_prepare_fails(table_cfg(make_cfg, src, tgt), str(tgt), "label column 'cultivar' not found", "alcohol")
+
+
+def test_table_with_non_numeric_feature(make_cfg, tmp_path):
+    def spoil(d):
+        d["alcohol"] = d["alcohol"].astype(object)
+        d.iloc[3, d.columns.get_loc("alcohol")] = "twelve"
+
+    src, tgt = wine_tables(tmp_path, spoil)
+    assert_prepare_fails(table_cfg(make_cfg, src, tgt), str(tgt), "feature column 'alcohol' is not numeric", "'twelve'")
+
+
+def test_table_with_nan(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path, lambda d: d.iloc.__setitem__((5, 2), np.nan))
+    assert_prepare_fails(table_cfg(make_cfg, src, tgt), str(tgt), "'ash'", "NaN", "rows [5]")
+
+
+def test_class_with_fewer_examples_than_budget(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    # 89 target rows; class 2 has 24 of them, about 11 in the train split: k=20 cannot be met.
+    assert_prepare_fails(table_cfg(make_cfg, src, tgt, budgets="[1,20]"), "class", "k=20", str(tgt))
+
+
+def test_unknown_strategy_lists_valid_ones(tmp_path):
+    res = run_cli("finetune", "strategy=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(pytest.ROOT / "conf")})
+    assert res.returncode == 2
+    assert "unknown strategy ['nope']" in res.stderr and "param_transfer" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_unknown_experiment_lists_valid_ones(tmp_path):
+    res = run_cli("prepare", "exp=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(pytest.ROOT / "conf")})
+    assert res.returncode == 2
+    assert "unknown experiment exp='nope'" in res.stderr and "mnist_to_digits" in res.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_missing_upstream_output(make_cfg):
+    cfg = make_cfg()
+    with pytest.raises(PipelineError, match=r"missing upstream output .*mnist_to_digits/data/target"):
+        finetune.run(cfg)
+
+
+def test_checkpoint_that_does_not_match_the_target_names_the_layers(pipeline_run):
+    """Carrying the source head over to a target whose head has another shape must name the layer."""
+    cfg = pipeline_run["cfg"].copy()
+    cfg.strategy, cfg.budget, cfg.seed = "param_transfer", 1, 0
+    cfg.transfer.strategies.param_transfer.transfer = ["backbone", "head", "backbone.blocks.7"]
+    import os
+
+    old = os.getcwd()
+    os.chdir(pipeline_run["tmp"])
+    try:
+        with pytest.raises(PipelineError, match=r"layers \['backbone.blocks.7'\] do not exist in the target model"):
+            finetune.run(cfg)
+    finally:
+        os.chdir(old)
+
+
+def test_checkpoint_shape_mismatch_names_the_layers(pipeline_run, tmp_path):
+    import torch
+
+    from pipeline.models import architecture, build, save_checkpoint
+
+    cfg = pipeline_run["cfg"].copy()
+    art = tmp_path / "artifacts" / "mnist_to_digits"
+    import shutil
+
+    shutil.copytree(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits", art)
+    ckpt = torch.load(art / "source" / "model.pt", weights_only=False)
+    other = architecture({"_target_": "pipeline.models.MLP", "hidden": [32, 16]}, 64, 10)
+    save_checkpoint(art / "source" / "model.pt", build(other), other, {k: v for k, v in ckpt.items() if k not in ("arch", "state_dict")})
+    # param_transfer builds from the checkpoint's own architecture, so it always fits; a target model
+    # configured differently and asked to load those weights does not.
+    from pipeline.models import load_matching
+
+    target = build(architecture(cfg.model, 64, 10))
+    with pytest.raises(PipelineError) as err:
+        load_matching(target, torch.load(art / "source" / "model.pt", weights_only=False)["state_dict"], ["backbone"], "param_transfer")
+    assert "backbone.blocks.0.linear.weight: checkpoint (32, 64) vs target (256, 64)" in str(err.value)

