@@ -194,9 +194,6 @@ def test_atomic_file_and_json(tmp_path):
         read_json(missing, "extract summary")
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_dir/atomic_file keep the 0700/0600 modes of mkdtemp/mkstemp "
-                                       "(src/pipeline/io.py: tempfile.mkdtemp / tempfile.mkstemp, then os.replace): "
-                                       "stage outputs are unreadable to other users regardless of the umask")
 def test_atomic_outputs_get_umask_permissions(tmp_path):
     import os
 

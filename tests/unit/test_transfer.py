@@ -175,8 +175,6 @@ def test_param_transfer_freeze_first_block(source):
     assert plan.lr_of("head.weight") == LR
 
 
-@pytest.mark.xfail(strict=True, reason="ParamTransfer/freeze() silently ignores a `freeze` entry that names no layer "
-                                       "(src/pipeline/transfer/__init__.py freeze()); a typo freezes nothing")
 def test_param_transfer_freeze_unknown_layer_is_an_error(source):
     with pytest.raises(PipelineError, match=r"backbone\.block\.0"):
         strategy("param_transfer", freeze=["backbone.block.0"]).build(context(source), LR)

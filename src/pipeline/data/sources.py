@@ -29,6 +29,8 @@ class Source:
 def _select_classes(x: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None, what: str):
     present = sorted(int(c) for c in np.unique(labels))
     classes = present if classes is None else [int(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise PipelineError(f"{what}: classes {classes} list a class twice")
     unknown = sorted(set(classes) - set(present))
     if unknown:
         raise PipelineError(f"{what}: classes {unknown} do not exist; available: {present}")
@@ -96,6 +98,13 @@ def _read_table(path: Path):
     raise PipelineError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
 
 
+def _label_key(name: str):
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
 def infer_kind(values, max_classes: int = 20) -> str:
     """Integers or strings with few distinct values are classes; anything else is a regression target."""
     import pandas as pd
@@ -147,7 +156,8 @@ def table(
     kind = infer_kind(df[target]) if task == "auto" else task
     if kind == "classification":
         values = df[target].astype(str)
-        names = sorted(values.unique()) if classes is None else [str(c) for c in classes]
+        # Numeric labels sort as numbers ("2" before "10"), others as text.
+        names = sorted(values.unique(), key=_label_key) if classes is None else [str(c) for c in classes]
         unknown = sorted(set(values.unique()) - set(names))
         if unknown:
             raise PipelineError(f"{p}: label column {target!r} has values {unknown} outside the declared classes {names}")

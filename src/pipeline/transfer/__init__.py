@@ -57,11 +57,18 @@ class Strategy:
 
 
 def freeze(net: nn.Module, prefixes: list[str]) -> list[str]:
-    frozen = []
-    for n, p in net.named_parameters():
-        if any(n == q or n.startswith(q + ".") for q in prefixes):
-            p.requires_grad_(False)
-            frozen.append(n)
+    """Stop gradients for the layers under `prefixes`; a name matching no layer is an error, since a
+    typo would otherwise silently fine-tune what the user meant to keep fixed."""
+    from pipeline.errors import PipelineError
+
+    named = dict(net.named_parameters())
+    unknown = [q for q in prefixes if not any(n == q or n.startswith(q + ".") for n in named)]
+    if unknown:
+        layers = sorted({n.rsplit(".", 1)[0] for n in named})
+        raise PipelineError(f"freeze: layers {unknown} do not exist in the target model; it has {layers}")
+    frozen = [n for n in named if any(n == q or n.startswith(q + ".") for q in prefixes)]
+    for n in frozen:
+        named[n].requires_grad_(False)
     return frozen
 
 
