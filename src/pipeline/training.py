@@ -62,7 +62,7 @@ def task_metrics(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> dict[str
             "f1": multiclass_f1_score(out, target, num_classes=n, average="macro"),
         }
     pred = out.squeeze(-1)
-    return {"rmse": mean_squared_error(pred, y).sqrt(), "r2": r2_score(pred, y)}
+    return {"rmse": mean_squared_error(pred, y).sqrt() * task.scale, "r2": r2_score(pred, y)}
 
 
 def selection(task: TaskSpec) -> tuple[str, str]:

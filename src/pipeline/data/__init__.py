@@ -24,6 +24,9 @@ class TaskSpec:
     name: str
     kind: str  # "classification" | "regression"
     classes: list[str] | None = None  # class names, index = label value
+    # Regression targets are trained standardised; metrics are reported back in the original unit.
+    offset: float = 0.0
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("classification", "regression"):

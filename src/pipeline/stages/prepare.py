@@ -6,6 +6,7 @@ target's train split; here we only check that every budget can be met.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -37,10 +38,17 @@ def build_taskset(source_cfg: Any, split: Any, role: str):
         std[std == 0] = 1.0
         x = ((x - mean) / std).astype(np.float32)
         extra = {"standardized": True}
+    y, task = src.y, src.task
+    if task.kind == "regression":
+        # Standardised with train-split statistics so one learning rate suits any target unit;
+        # TaskSpec keeps offset/scale so RMSE is reported in the original unit.
+        mean, std = float(y[splits["train"]].mean()), float(y[splits["train"]].std()) or 1.0
+        y = ((y - mean) / std).astype(np.float32)
+        task = dataclasses.replace(task, offset=mean, scale=std)
     prov = {**src.provenance, **extra, "split_seed": int(split.seed), "role": role}
     if src.feature_names:
         prov["feature_names"] = src.feature_names
-    return TaskSet(x=x, y=src.y.reshape(-1, 1), tasks=[src.task], splits=splits, input_shape=src.input_shape, provenance=prov)
+    return TaskSet(x=x, y=y.reshape(-1, 1), tasks=[task], splits=splits, input_shape=src.input_shape, provenance=prov)
 
 
 def check_budgets(ts, budgets, role: str) -> None:

@@ -52,7 +52,7 @@ def render(name: str, exp, stats, df, metrics: list[str], primary: str, higher: 
                 r = cell[s, b]
                 flag = " ⚠ negative transfer" if r.negative else ""
                 if r.negative:
-                    negatives.append((s, b, r.gain))
+                    negatives.append((s, b, r.gain, r.wins))
                 cells.append(f"{r.gain:+.3f} ± {r.gain_std:.3f} ({r.wins}/{r.n}){flag}")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines += ["", "## Findings", ""]
@@ -61,8 +61,13 @@ def render(name: str, exp, stats, df, metrics: list[str], primary: str, higher: 
             best = at_b.loc[at_b["mean"].idxmax() if higher else at_b["mean"].idxmin()]
             lines.append(f"- k={b}: best is `{best.strategy}` ({fmt(best['mean'], best['std'])}).")
         if negatives:
-            worst = ", ".join(f"`{s}` at k={b} ({g:+.3f})" for s, b, g in negatives)
-            lines.append(f"- Negative transfer (mean below `{BASELINE}`): {worst}.")
+            # Losing on every seed is a consistent effect; losing on average only may be seed noise.
+            every = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in negatives if w == 0]
+            some = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in negatives if w > 0]
+            if every:
+                lines.append(f"- Negative transfer on every seed (below `{BASELINE}` each time): {', '.join(every)}.")
+            if some:
+                lines.append(f"- Below `{BASELINE}` on average but not on every seed: {', '.join(some)}.")
         else:
             lines.append(f"- No strategy falls below `{BASELINE}` on average at any budget.")
     others = [m for m in metrics if m != primary]
