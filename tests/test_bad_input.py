@@ -4,7 +4,6 @@ half-written outputs."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 

@@ -143,6 +143,7 @@ class FitResult:
     best_epoch: int
     epochs: int
     steps: int
+    best_val: float | None = None  # the monitored validation metric at the kept epoch
 
 
 def _quiet() -> None:
@@ -198,4 +199,5 @@ def fit(
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best.get("epoch", tr.current_epoch))
         tr.test(module, whole("test"), verbose=False)
-    return FitResult(test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step)
+    best_val = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    return FitResult(test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step, best_val=best_val)

@@ -99,7 +99,7 @@ def stats_for(df, metric):
 def run(cfg: DictConfig) -> dict:
     from pipeline.data import TaskSpec
     from pipeline.io import atomic_file, read_json, write_json
-    from pipeline.report import BASELINE, load_results, strategy_order
+    from pipeline.report import load_results, strategy_order
     from pipeline.report.figures import label_efficiency
     from pipeline.tracking import Tracker, tracking_uri
 
@@ -125,12 +125,9 @@ def run(cfg: DictConfig) -> dict:
     label_efficiency(stats, primary, tmp_fig, f"{name}: {primary} vs {unit}", ref, "source model, no target labels" if ref is not None else "")
     text = render(name, exp, stats, df, metrics, primary, higher, task, source, knowledge, cfg.tracking.uri,
                   f"figures/{fig_path.name}", unit)
-    metrics_out = {
-        s: {f"k{r.budget}": {f"{primary}_mean": round(float(r.mean), 4), f"{primary}_std": round(float(r.std), 4),
-                             **({"gain": round(float(r.gain), 4)} if "gain" in stats and s != BASELINE else {})}
-            for r in stats[stats.strategy == s].itertuples()}
-        for s in strategy_order(stats.strategy)
-    }
+    # Means only: `dvc exp show` / `dvc metrics diff` stay readable; spreads and gains are in the report.
+    metrics_out = {s: {f"k{r.budget}": round(float(r.mean), 4) for r in stats[stats.strategy == s].itertuples()}
+                   for s in strategy_order(stats.strategy)}
     wide = stats.pivot(index="budget", columns="strategy", values="mean")[strategy_order(stats.strategy)]
     wide.index.name = "labels_per_class"
 
