@@ -82,7 +82,7 @@ def uci_digits(classes: Sequence[int] | None = None) -> Source:
     )
 
 
-def _read_table(path: Path):
+def read_table(path: Path):
     import pandas as pd
 
     if not path.exists():
@@ -98,7 +98,7 @@ def _read_table(path: Path):
     raise PipelineError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
 
 
-def _label_key(name: str):
+def label_sort_key(name: str):
     try:
         return (0, float(name), name)
     except ValueError:
@@ -116,6 +116,61 @@ def infer_kind(values, max_classes: int = 20) -> str:
     return "regression"
 
 
+# Checks shared by the table adapters (`table` here, `multi_table` in multitask.py): every message
+# names the file and the column at fault.
+
+
+def feature_columns(df, p: Path, features: Sequence[str] | None, exclude: Sequence[str], what: str) -> list[str]:
+    """The numeric feature columns: `features`, or every column not in `exclude`."""
+    import pandas as pd
+
+    feats = [c for c in df.columns if c not in exclude] if features is None else list(features)
+    missing = [c for c in feats if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{p}: feature columns {missing} not found; columns are {list(df.columns)}")
+    if not feats:
+        raise PipelineError(f"{p}: no feature columns besides {what}")
+    for c in feats:
+        if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            bad = df[c][pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()]
+            example = f" (e.g. row {bad.index[0]}: {bad.iloc[0]!r})" if len(bad) else ""
+            raise PipelineError(f"{p}: feature column {c!r} is not numeric{example}")
+    return feats
+
+
+def check_no_nan(df, columns: Sequence[str], p: Path) -> None:
+    for c in columns:
+        n_nan = int(df[c].isna().sum())
+        if n_nan:
+            rows = df.index[df[c].isna()][:5].tolist()
+            raise PipelineError(f"{p}: column {c!r} has {n_nan} missing (NaN) values, first at rows {rows}")
+
+
+def encode_classes(values, p: Path, classes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Label values -> class indices (float32, NaN stays NaN) and the class names in index order."""
+    labelled = values.notna()
+    text = values[labelled].astype(str)
+    # Numeric labels sort as numbers ("2" before "10"), others as text.
+    names = sorted(text.unique(), key=label_sort_key) if classes is None else [str(c) for c in classes]
+    unknown = sorted(set(text.unique()) - set(names))
+    if unknown:
+        raise PipelineError(f"{p}: label column {values.name!r} has values {unknown} outside the declared classes {names}")
+    index = {n: i for i, n in enumerate(names)}
+    y = np.full(len(values), np.nan, dtype=np.float32)
+    y[labelled.to_numpy()] = text.map(index).to_numpy(dtype=np.float32)
+    return y, names
+
+
+def regression_values(values, p: Path) -> np.ndarray:
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(values):
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        example = f" (e.g. row {bad.index[0]}: {bad.iloc[0]!r})" if len(bad) else ""
+        raise PipelineError(f"{p}: regression target {values.name!r} is not numeric{example}")
+    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
 def table(
     path: str,
     target: str,
@@ -131,43 +186,18 @@ def table(
     classes: the class names in label order; default the sorted distinct target values. Give it for
     a source and target that must share one label space.
     """
-    import pandas as pd
-
     p = Path(path)
-    df = _read_table(p)
+    df = read_table(p)
     if target not in df.columns:
         raise PipelineError(f"{p}: label column {target!r} not found; columns are {list(df.columns)}")
-    feats = [c for c in df.columns if c != target] if features is None else list(features)
-    missing = [c for c in feats if c not in df.columns]
-    if missing:
-        raise PipelineError(f"{p}: feature columns {missing} not found; columns are {list(df.columns)}")
-    if not feats:
-        raise PipelineError(f"{p}: no feature columns besides the label column {target!r}")
-    for c in feats:
-        if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
-            bad = df[c][pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()]
-            example = f" (e.g. row {bad.index[0]}: {bad.iloc[0]!r})" if len(bad) else ""
-            raise PipelineError(f"{p}: feature column {c!r} is not numeric{example}")
-    for c in [*feats, target]:
-        n_nan = int(df[c].isna().sum())
-        if n_nan:
-            rows = df.index[df[c].isna()][:5].tolist()
-            raise PipelineError(f"{p}: column {c!r} has {n_nan} missing (NaN) values, first at rows {rows}")
+    feats = feature_columns(df, p, features, exclude=[target], what=f"the label column {target!r}")
+    check_no_nan(df, [*feats, target], p)
     kind = infer_kind(df[target]) if task == "auto" else task
     if kind == "classification":
-        values = df[target].astype(str)
-        # Numeric labels sort as numbers ("2" before "10"), others as text.
-        names = sorted(values.unique(), key=_label_key) if classes is None else [str(c) for c in classes]
-        unknown = sorted(set(values.unique()) - set(names))
-        if unknown:
-            raise PipelineError(f"{p}: label column {target!r} has values {unknown} outside the declared classes {names}")
-        index = {n: i for i, n in enumerate(names)}
-        y = values.map(index).to_numpy(dtype=np.float32)
+        y, names = encode_classes(df[target], p, classes)
         spec = TaskSpec(target, "classification", names)
     elif kind == "regression":
-        if not pd.api.types.is_numeric_dtype(df[target]):
-            raise PipelineError(f"{p}: regression target {target!r} is not numeric")
-        y = df[target].to_numpy(dtype=np.float32)
+        y = regression_values(df[target], p)
         spec = TaskSpec(target, "regression")
     else:
         raise PipelineError(f"{p}: task must be auto, classification or regression, got {task!r}")

@@ -39,13 +39,31 @@ class Layout:
         return self.root / "finetune"
 
 
-def experiment(cfg: DictConfig) -> tuple[str, DictConfig]:
-    """The selected experiment's name and config node; an unknown name lists the valid ones."""
+# Where experiments are declared: transfer chains in `experiments`, joint training in `multitask_experiments`.
+EXPERIMENT_KINDS = {"transfer": "experiments", "multitask": "multitask_experiments"}
+
+
+def experiment_kind(cfg: DictConfig) -> str:
+    """`transfer` or `multitask`: which of the config's experiment dicts holds `exp`."""
     name = cfg.get("exp")
-    known = sorted(cfg.get("experiments", {}).keys())
-    if name not in known:
-        raise PipelineError(f"unknown experiment exp={name!r}; valid experiments: {known} (add one in conf/experiment/ and conf/config.yaml)")
-    return name, cfg.experiments[name]
+    found = [kind for kind, key in EXPERIMENT_KINDS.items() if name in (cfg.get(key) or {})]
+    if len(found) > 1:
+        raise PipelineError(f"experiment exp={name!r} is declared in both experiments and multitask_experiments; rename one")
+    if not found:
+        known = "; ".join(f"{key}: {sorted((cfg.get(key) or {}).keys())}" for key in EXPERIMENT_KINDS.values())
+        raise PipelineError(f"unknown experiment exp={name!r}; valid {known} (add one in conf/experiment/ and conf/config.yaml)")
+    return found[0]
+
+
+def experiment(cfg: DictConfig, kind: str | None = None) -> tuple[str, DictConfig]:
+    """The selected experiment's name and config node; an unknown name lists the valid ones.
+
+    kind: the kind the calling stage handles (`transfer` or `multitask`), None for either.
+    """
+    name, found = cfg.get("exp"), experiment_kind(cfg)
+    if kind is not None and found != kind:
+        raise PipelineError(f"experiment exp={name!r} is a {found} experiment; this stage runs {kind} experiments only")
+    return name, cfg[EXPERIMENT_KINDS[found]][name]
 
 
 def layout(cfg: DictConfig, name: str) -> Layout:

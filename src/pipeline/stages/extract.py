@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.tracking import Tracker
     from pipeline.training import SupervisedModule, TensorLoader, trainer
 
-    name, _ = experiment(cfg)
+    name, _ = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
     ckpt = load_checkpoint(paths.source / "model.pt")

@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.training import SupervisedModule, fit, selection
     from pipeline.transfer import TransferContext
 
-    name, exp = experiment(cfg)
+    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")

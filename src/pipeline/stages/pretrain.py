@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.tracking import Tracker
     from pipeline.training import SupervisedModule, fit
 
-    name, exp = experiment(cfg)
+    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     src = TaskSet.load(paths.data / "source")
     task = src.tasks[0]

@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.report.figures import label_efficiency
     from pipeline.tracking import Tracker, tracking_uri
 
-    name, exp = experiment(cfg)
+    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     df = load_results(paths.finetune)
     source = read_json(paths.source / "summary.json", "pretrain summary")
