@@ -3,40 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-pytest.ROOT = ROOT  # type: ignore[attr-defined]
-CONF = ROOT / "conf"
-BIN = Path(sys.executable).parent
-
-# Small enough to run every stage in seconds, large enough that training does something.
-TINY = [
-    "pretrain.max_epochs=3",
-    "transfer.max_epochs=3",
-    "transfer.patience=2",
-    "transfer.min_steps_per_epoch=2",
-    "seeds=[0,1]",
-    "experiments.mnist_to_digits.budgets=[1,3]",
-    "trainer.progress_bar=false",
-]
-
-
-def compose_cfg(tmp: Path, overrides: list[str] = ()) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[*TINY, *overrides])
-    with open_dict(cfg):
-        cfg.paths.artifacts = str(tmp / "artifacts")
-        cfg.paths.reports = str(tmp / "reports")
-        cfg.tracking.uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    return cfg
+from support import compose_cfg
 
 
 @pytest.fixture
@@ -63,29 +33,3 @@ def pipeline_run(tmp_path_factory):
     finally:
         os.chdir(old)
     return out
-
-
-def mlflow_runs(cfg: DictConfig, experiment: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(cfg.tracking.uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment}"
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(BIN / "pipeline"), *args], cwd=cwd, capture_output=True, text=True, env=full_env)
-
-
-def copy_project(dst: Path) -> Path:
-    """A copy of the tracked project files (what a fresh clone has), as a new git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    return dst

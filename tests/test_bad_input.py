@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_wine
 
-from conftest import run_cli
+from support import ROOT, run_cli
 from pipeline.errors import PipelineError
 from pipeline.stages import finetune, prepare
 
@@ -76,7 +76,7 @@ def test_class_with_fewer_examples_than_budget(make_cfg, tmp_path):
 
 
 def test_unknown_strategy_lists_valid_ones(tmp_path):
-    res = run_cli("finetune", "strategy=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(pytest.ROOT / "conf")})
+    res = run_cli("finetune", "strategy=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert res.returncode == 2
     assert "unknown strategy ['nope']" in res.stderr and "param_transfer" in res.stderr
     assert "Traceback" not in res.stderr
@@ -84,7 +84,7 @@ def test_unknown_strategy_lists_valid_ones(tmp_path):
 
 
 def test_unknown_experiment_lists_valid_ones(tmp_path):
-    res = run_cli("prepare", "exp=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(pytest.ROOT / "conf")})
+    res = run_cli("prepare", "exp=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert res.returncode == 2
     assert "unknown experiment exp='nope'" in res.stderr and "mnist_to_digits" in res.stderr
     assert not (tmp_path / "artifacts").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, TINY, copy_project
+from support import BIN, ROOT, TINY, copy_project
 
 pytestmark = pytest.mark.timeout(900)
 

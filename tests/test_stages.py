@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import mlflow_runs
+from support import mlflow_runs
 from pipeline.tracking import REQUIRED_TAGS
 
 STRATEGIES = {"scratch", "feature_retrain", "param_transfer", "structure_transfer"}
@@ -129,7 +129,7 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     assert set(metrics["scratch"]) == {"k10", "k40"} and metrics["scratch"]["k10"] > 0  # RMSE in the target unit
     md = (tmp_path / "reports" / "diabetes.md").read_text()
     assert "Test rmse" in md and "Test r2" in md and "labelled rows" in md
-    from conftest import mlflow_runs
+    from support import mlflow_runs
 
     _, runs = mlflow_runs(cfg, "diabetes")
     ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
