@@ -30,26 +30,48 @@ class TensorLoader:
 
     `min_batches` stretches an epoch over several passes when the data set is a handful of labels,
     so epoch-level overhead (validation, checkpointing) is not paid after every single step.
+    `steps_per_batch` > 0 groups that many minibatches into one Lightning batch (a list of
+    (x, y) pairs, one optimizer step each): Lightning's per-batch hooks and bookkeeping, which cost
+    more than a small model's step, are then paid once per group while the optimisation itself is
+    unchanged (same minibatches, same order, one update per minibatch).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1,
+                 steps_per_batch: int = 0) -> None:
         self.x, self.y = x, y
         self.batch_size = min(int(batch_size), len(x)) if shuffle else int(batch_size)
         self.shuffle = shuffle
         self.per_pass = math.ceil(len(x) / self.batch_size)
         self.passes = max(1, math.ceil(min_batches / self.per_pass)) if shuffle else 1
+        self.group = int(steps_per_batch)
         self.gen = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    def steps(self) -> int:
         return self.per_pass * self.passes
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return math.ceil(self.steps() / self.group) if self.group > 0 else self.steps()
+
+    def minibatches(self):
         n, bs = len(self.x), self.batch_size
         for _ in range(self.passes):
             order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
                 yield self.x[idx], self.y[idx]
+
+    def __iter__(self):
+        if self.group <= 0:
+            yield from self.minibatches()
+            return
+        group = []
+        for pair in self.minibatches():
+            group.append(pair)
+            if len(group) == self.group:
+                yield group
+                group = []
+        if group:
+            yield group
 
 
 def task_metrics(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,19 +138,19 @@ class SupervisedModule(L.LightningModule):
         return F.mse_loss(out.squeeze(-1), y)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss(self(x), y)
-        if self.extra_loss is not None:
-            loss = loss + self.extra_loss(self.net)
+        # A batch is one (x, y) minibatch, or a group of them from TensorLoader(steps_per_batch=k).
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
-        # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
-        d = loss.detach()
-        self._loss_sum = d if self._loss_sum is None else self._loss_sum + d
-        self._steps += 1
-        return d
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            loss = self.loss(self(x), y)
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss(self.net)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+            # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
+            d = loss.detach()
+            self._loss_sum = d if self._loss_sum is None else self._loss_sum + d
+            self._steps += 1
 
     def on_train_epoch_end(self) -> None:
         if self._steps:
@@ -228,7 +250,8 @@ def fit(
     monitor, mode = selection(module.task)
     L.seed_everything(seed, workers=False, verbose=False)
     x, y = data["train"]
-    train = TensorLoader(x, y, train_cfg["batch_size"], shuffle=True, seed=seed, min_batches=int(train_cfg.get("min_steps_per_epoch", 1)))
+    train = TensorLoader(x, y, train_cfg["batch_size"], shuffle=True, seed=seed, min_batches=int(train_cfg.get("min_steps_per_epoch", 1)),
+                         steps_per_batch=int(train_cfg.get("steps_per_batch", 0)))
     whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
         ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
