@@ -1,0 +1,113 @@
+r"""Gradient aggregation with TorchJD (Jacobian descent): the shared parameters are updated with
+an aggregate of the per-task gradients instead of the gradient of a weighted sum of losses.
+
+With J in R^{T x n} the Jacobian of the losses w.r.t. the n shared parameters (row t = grad L_t),
+an aggregator A maps J to one update direction. For the aggregators configured here A is weighted:
+A(J) = J^T w(J) (w from the Gramian J J^T for most, from J itself for Nash-MTL), e.g.
+
+- UPGrad: project each row onto the dual cone {x: J x >= 0} of all rows and average, so that
+  <A(J), grad L_t> >= 0 for every t: to first order no task's loss increases;
+- MGDA: the min-norm point of the convex hull of the rows;
+- PCGrad, IMTL-G, Aligned-MTL, CAGrad, Nash-MTL: see `torchjd.aggregation`.
+
+Task-specific parameters get plain gradients (only their task reaches them). With `features` given,
+`torchjd.autojac.mtl_backward` back-propagates each task only down to the features and computes
+the Jacobian of the trunk once from there; without, `torchjd.autojac.backward` computes it from the
+losses, and autograd the heads' gradients.
+
+Effective weights: `torchjd.autojac.jac_to_grad` returns w, captured by a hook on the aggregator's
+weighting (for Gramian-based aggregators, the weighting applied to the summed Gramian). Scale:
+UPGrad and MGDA average (w_t = 1/T without conflict) where `equal` sums, on the shared parameters
+only (heads get their full task gradient); Adam-type optimizers are insensitive to it. An
+aggregator with no weighting (e.g. GradDrop) logs NaN weights.
+
+An absent task (loss 0) gives a zero row; Nash-MTL's solver then fails on 1 / (G w)_t and keeps its
+previous weights (torchjd's fallback).
+
+`aggregator` names a class of `torchjd.aggregation`, case and underscores ignored (`imtl_g` is
+IMTLG); the other keyword arguments are its knobs, lists becoming tensors (`pref_vector`).
+`n_tasks` is passed to the classes that take it (Nash-MTL). CAGrad and Nash-MTL need a convex solver
+(cvxpy, ecos, clarabel) and UPGrad a QP solver (quadprog): `pip install 'pipeline[solvers]'`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.errors import PipelineError
+from pipeline.multitask.weighting import Weighting, connected, rows_at_once
+
+SOLVERS_HINT = "pip install 'pipeline[solvers]'"
+
+
+class TorchJD(Weighting):
+    needs_shared_grads = True
+    uses_shared_grads_to = "aggregates per-task gradients"
+
+    def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", **knobs: Any) -> None:
+        self.name = str(aggregator)
+        super().__init__(n_tasks)
+        # Jacobian rows back-propagated together (torchjd's knob): None = all, through torch.vmap;
+        # "auto" = `rows_at_once(device)`.
+        self.parallel_chunk_size = parallel_chunk_size
+        cls = _aggregator_class(self.name)
+        kwargs = {k: _as_tensor_if_sequence(v) for k, v in knobs.items()}
+        if "n_tasks" in inspect.signature(cls).parameters:
+            kwargs["n_tasks"] = self.n_tasks
+        try:
+            self.aggregator = cls(**kwargs)
+        except ImportError as e:  # torchjd checks its optional solvers at construction
+            missing = str(e).split(". Install")[0]  # torchjd's own hint names its extra, not ours
+            raise PipelineError(f"weighting '{self.name}' needs an optional solver: {missing}; install it with: {SOLVERS_HINT}") from None
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"weighting '{self.name}': bad knobs {knobs}: {e}") from None
+
+    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
+                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+        from torchjd.aggregation import GramianWeightedAggregator
+        from torchjd.autojac import backward, jac_to_grad, mtl_backward
+
+        if not shared_params:
+            raise PipelineError(f"weighting '{self.name}' needs shared parameters; the scheme has none")
+        chunk = self.parallel_chunk_size
+        if chunk == "auto":
+            chunk = rows_at_once(losses.device)
+        heads = [ps if p else [] for ps, p in zip(task_params, present.tolist())]  # absent: no .grad
+        # retain_graph: the losses may share graph nodes after the features (a stack, a joint
+        # head), so one task's pass must not free what the next one needs.
+        if features:
+            mtl_backward(connected(per_task, present, features[0]), features=features, tasks_params=heads,
+                         shared_params=shared_params, retain_graph=True, parallel_chunk_size=chunk)
+        else:
+            backward(connected(per_task, present, shared_params[0]), inputs=shared_params, retain_graph=True,
+                     parallel_chunk_size=chunk)
+            if any(heads):  # each head only sees its own task, so the sum's gradient is that task's
+                torch.autograd.backward(losses.sum(), inputs=[p for ps in heads for p in ps])
+        # Summing per-parameter Gramians skips concatenating the Jacobian: less memory, and
+        # faster on CPU; only for weights that depend on the Gramian alone.
+        gramian_only = isinstance(self.aggregator, GramianWeightedAggregator)
+        weights = jac_to_grad(shared_params, self.aggregator, optimize_gramian_computation=gramian_only)
+        return torch.full_like(losses, float("nan")) if weights is None else weights.to(losses)
+
+
+def _aggregator_class(name: str) -> type:
+    import torchjd.aggregation as agg
+
+    key = name.replace("_", "").replace("-", "").lower()
+    classes = {n.lower(): getattr(agg, n) for n in agg.__all__
+               if isinstance(getattr(agg, n), type) and issubclass(getattr(agg, n), agg.Aggregator)
+               and not inspect.isabstract(getattr(agg, n))}
+    classes = {k: c for k, c in classes.items() if c not in (agg.WeightedAggregator, agg.GramianWeightedAggregator)}
+    if key not in classes:
+        raise PipelineError(f"weighting aggregator '{name}' is not in torchjd.aggregation; choose one of {sorted(classes)}")
+    return classes[key]
+
+
+def _as_tensor_if_sequence(value: Any) -> Any:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or hasattr(value, "keys"):
+        return value
+    return torch.as_tensor(list(value), dtype=torch.get_default_dtype())
