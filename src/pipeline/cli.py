@@ -8,13 +8,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("prepare", "pretrain", "extract", "finetune", "report")
+STAGES = ("prepare", "pretrain", "extract", "finetune", "multitask", "report")
 USAGE = f"""usage: pipeline <stage> [hydra overrides...]
 
 stages: {", ".join(STAGES)}
 examples:
   pipeline finetune exp=mnist_to_digits strategy=param_transfer budget=10 seed=0
   pipeline finetune -m strategy=scratch,param_transfer seed=0,1,2
+  pipeline multitask exp=multimnist scheme=hard weighting=upgrad seed=0
   pipeline prepare --cfg job          # print the composed config
 """
 

@@ -221,6 +221,9 @@ def _quiet() -> None:
 
 def trainer(train_cfg: Mapping[str, Any], logger=None, callbacks=(), max_epochs: int | None = None) -> L.Trainer:
     _quiet()
+    threads = train_cfg.get("num_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     return L.Trainer(
         max_epochs=max_epochs if max_epochs is not None else int(train_cfg["max_epochs"]),
         accelerator=train_cfg.get("accelerator", "auto"),

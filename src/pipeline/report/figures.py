@@ -35,3 +35,76 @@ def label_efficiency(stats: pd.DataFrame, metric: str, path: str | Path, title: 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def per_task_results(stats: pd.DataFrame, path: str | Path, title: str, max_tasks: int = 12) -> None:
+    """Grouped bars (few tasks) or, for many tasks, each method's per-task change over the baseline."""
+    import numpy as np
+
+    from pipeline.report.multitask import BASELINE
+
+    plt = _plt()
+    methods = [m for m in sorted(stats.method.unique()) if m != BASELINE]
+    methods = [BASELINE, *methods] if BASELINE in set(stats.method) else methods
+    tasks = sorted(stats.task.unique())
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(methods) + 3), 4.2), dpi=120)
+    if len(tasks) <= max_tasks:
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            s = stats[stats.method == m].set_index("task").reindex(tasks)
+            ax.bar(np.arange(len(tasks)) + i * width, s["mean"], width, yerr=s["std"], label=m, capsize=2)
+        ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right")
+        ax.set_ylabel("test metric (mean ± std over seeds)")
+    else:
+        base = stats[stats.method == BASELINE].set_index("task")["mean"]
+        changes = [(stats[stats.method == m].set_index("task")["mean"] - base).dropna().to_numpy() for m in methods]
+        ax.boxplot(changes, tick_labels=methods)
+        ax.axhline(0, color="grey", linestyle=":")
+        ax.set_ylabel(f"per-task change vs {BASELINE}")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend(fontsize=7) if len(tasks) <= max_tasks else None
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def weights_over_training(histories: dict[str, list[dict]], path: str | Path, title: str, max_lines: int = 10) -> None:
+    """Task weights per epoch, one panel per weighting method (first seed), plus gradient cosine."""
+    plt = _plt()
+    names = list(histories)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.2), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        hist = histories[name]
+        keys = sorted({k for h in hist for k in h if k.startswith("weight/")})[:max_lines]
+        for k in keys:
+            ax.plot([h["epoch"] for h in hist], [h.get(k) for h in hist], label=k.split("/", 1)[1])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        if len(keys) <= 4:
+            ax.legend(fontsize=7)
+    cos_ax = axes[0][-1]
+    for name in names:
+        hist = [h for h in histories[name] if "grad/cos_mean" in h]
+        if hist:
+            cos_ax.plot([h["epoch"] for h in hist], [h["grad/cos_mean"] for h in hist], label=name)
+    cos_ax.axhline(0, color="grey", linestyle=":")
+    cos_ax.set_title("mean cosine of task gradients", fontsize=9)
+    cos_ax.set_xlabel("epoch")
+    cos_ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

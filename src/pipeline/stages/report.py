@@ -97,6 +97,12 @@ def stats_for(df, metric):
 
 
 def run(cfg: DictConfig) -> dict:
+    from pipeline.stages import experiment_kind
+
+    return run_multitask(cfg) if experiment_kind(cfg) == "multitask" else run_transfer(cfg)
+
+
+def run_transfer(cfg: DictConfig) -> dict:
     from pipeline.data import TaskSpec
     from pipeline.io import atomic_file, read_json, write_json
     from pipeline.report import load_results, strategy_order
@@ -145,6 +151,123 @@ def run(cfg: DictConfig) -> dict:
     tracker.log_artifact(run_id, fig_path, "figures")
     tracker.finish(run_id)
     print(f"report {name}: {md_path} and {fig_path} ({len(df)} runs); MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
+    return metrics_out
+
+
+def render_multitask(name: str, exp, ts, df, dm, stats, classic_dm, histories_fig: str, results_fig: str, mlflow_uri: str) -> str:
+    from pipeline.report import fmt
+    from pipeline.report.multitask import BASELINE, primary
+
+    kinds = {t.name: t.kind for t in ts.tasks}
+    seeds = sorted(int(s) for s in df[~df.classic].seed.unique())
+    lines = [f"# {name}: does training the tasks together help?", ""]
+    lines += [
+        f"- Data: `{exp.data._target_.rsplit('.', 1)[1]}`; {len(ts.tasks)} tasks "
+        f"({', '.join(sorted({t.kind for t in ts.tasks}))}); {ts.x.shape[0]} samples, {ts.x.shape[1]} features; "
+        f"splits train/val/test {len(ts.splits['train'])}/{len(ts.splits['val'])}/{len(ts.splits['test'])}.",
+        f"- Baseline for Δm and negative transfer: `{BASELINE}` (one independent network per task, same family and size,"
+        f" same budget, trained in this experiment), paired by seed; seeds {seeds}.",
+        "- Δm = mean over tasks of the relative change of the task's primary metric (accuracy, or RMSE with its sign"
+        " flipped) against that baseline, in %; higher is better.",
+        "",
+        "## Δm against the single-task baseline (mean ± std over seeds)",
+        "",
+        "| method | Δm (%) | tasks worse than baseline |",
+        "|---|---|---|",
+    ]
+    worse = stats.groupby("method")["worse"].sum()
+    for method, g in dm.groupby("method"):
+        lines.append(f"| {method} | {fmt(g.delta_m.mean(), g.delta_m.std(ddof=1) if len(g) > 1 else 0.0, 2)} | "
+                     f"{int(worse.get(method, 0))}/{len(ts.tasks)} |")
+    best = dm.groupby("method").delta_m.mean().drop(BASELINE, errors="ignore")
+    lines += ["", "## Findings", ""]
+    if len(best):
+        top = best.idxmax()
+        verdict = "helps" if best.max() > 0 else "does not beat the single-task baseline"
+        lines.append(f"- Best joint method: `{top}`, Δm {best.max():+.2f}% — joint training {verdict} here.")
+        losing = [m for m, v in best.items() if v < 0]
+        if losing:
+            lines.append(f"- Below the single-task baseline (negative transfer on average): {', '.join(f'`{m}`' for m in losing)}.")
+    if classic_dm:
+        lines.append("- Classic baselines against the same single-task network: "
+                     + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items())
+                     + (". A neural method that does not beat these is no better than a linear model here." if any(v > 0 for v in classic_dm.values()) else "."))
+    tasks = sorted(kinds)
+    if len(tasks) <= 12:
+        metric_names = {t: primary(kinds[t])[0] for t in tasks}
+        lines += ["", "## Per task (test " + ", ".join(sorted(set(metric_names.values()))) + "; ⚠ = worse than the baseline)", "",
+                  "| method | " + " | ".join(f"{t} ({metric_names[t]})" for t in tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        cell = {(r.method, r.task): r for r in stats.itertuples()}
+        for method in sorted(stats.method.unique(), key=lambda m: (m != BASELINE, m)):
+            lines.append(f"| {method} | " + " | ".join(
+                (fmt(cell[method, t].mean, cell[method, t].std) + (" ⚠" if cell[method, t].worse else "")) if (method, t) in cell else "–"
+                for t in tasks) + " |")
+    else:
+        lines += ["", f"{len(tasks)} tasks: the per-task table is in `reports/metrics/{name}.json`; the figure shows each method's per-task change."]
+    lines += ["", "## Figures", "", f"![per-task results]({results_fig})", "", f"![task weights and gradient conflict]({histories_fig})", "",
+              "## Reproduce and inspect", "",
+              f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{name}` (`mlflow ui --backend-store-uri {mlflow_uri}`),"
+              " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.", ""]
+    return "\n".join(lines)
+
+
+def run_multitask(cfg: DictConfig) -> dict:
+    import json
+
+    from pipeline.data import TaskSet
+    from pipeline.io import atomic_file, write_json
+    from pipeline.report.figures import per_task_results, weights_over_training
+    from pipeline.report.multitask import BASELINE, delta_m, load, per_task
+    from pipeline.tracking import Tracker, tracking_uri
+
+    name, exp = experiment(cfg, "multitask")
+    paths = layout(cfg, name)
+    ts = TaskSet.load(paths.data / "tasks")
+    kinds = {t.name: t.kind for t in ts.tasks}
+    df = load(paths.root / "multitask")
+    dm = delta_m(df, kinds)
+    stats = per_task(df, kinds)
+    classic_methods = sorted(df[df.classic].method.unique())
+    classic_dm = {m: float(dm[dm.method == m].delta_m.mean()) for m in classic_methods}
+    histories = {}
+    for f in sorted((paths.root / "multitask").glob("hard+*/seed*.json")):
+        r = json.loads(f.read_text())
+        if r["seed"] == min(cfg.seeds) and r.get("history"):
+            histories[r["weighting"]] = r["history"]
+
+    reports = Path(cfg.paths.reports)
+    md_path = reports / f"{name}.md"
+    results_fig = reports / "figures" / f"{name}_per_task.png"
+    weights_fig = reports / "figures" / f"{name}_task_weights.png"
+    tmp_dir = Path(tempfile.mkdtemp(dir=reports.parent if reports.parent.exists() else None))
+    try:
+        per_task_results(stats, tmp_dir / results_fig.name, f"{name}: per-task test results")
+        weights_over_training(histories, tmp_dir / weights_fig.name, f"{name}: task weights (hard sharing, seed {min(cfg.seeds)})")
+        text = render_multitask(name, exp, ts, df, dm, stats, classic_dm, f"figures/{weights_fig.name}", f"figures/{results_fig.name}",
+                                cfg.tracking.uri)
+        results_fig.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(md_path) as fh:
+            fh.write(text)
+        os.replace(tmp_dir / results_fig.name, results_fig)
+        os.replace(tmp_dir / weights_fig.name, weights_fig)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    metrics_out = {
+        "delta_m": {m: round(float(g.delta_m.mean()), 3) for m, g in dm.groupby("method")},
+        "per_task": {m: {r.task: round(float(r.mean), 4) for r in g.itertuples()} for m, g in stats.groupby("method")},
+    }
+    write_json(reports / "metrics" / f"{name}.json", metrics_out)
+    tracker = Tracker(name, cfg.tracking.uri)
+    run_id = tracker.start("report", "all", None, ts.data_hash, params={"n_runs": int(df[["method", "seed"]].drop_duplicates().shape[0]),
+                                                                         "baseline": BASELINE})
+    tracker.log_metrics(run_id, {f"delta_m/{m.replace('+', '.')}": v for m, v in metrics_out["delta_m"].items()})  # MLflow keys allow no "+"
+    tracker.log_artifact(run_id, md_path)
+    tracker.log_artifact(run_id, results_fig, "figures")
+    tracker.log_artifact(run_id, weights_fig, "figures")
+    tracker.finish(run_id)
+    print(f"report {name}: {md_path}, {results_fig}, {weights_fig}; MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
     return metrics_out
 
 

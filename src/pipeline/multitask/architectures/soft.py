@@ -1,0 +1,44 @@
+"""Soft parameter sharing (the survey's "parameter mapping into a shared space"): every task has
+its own trunk, and a penalty ties the trunks to their shared mean,
+
+    Omega = lambda * sum_t sum_l || W_t^l - mean_s W_s^l ||^2,
+
+so lambda = 0 gives independent models and lambda -> inf one shared trunk. The right strength
+depends on how related the tasks are (a fixed strong coupling hurts unrelated tasks), so
+`coupling: auto` lets the multitask stage pick it on validation data from `auto_grid`.
+No parameter is literally shared, so gradient-aggregation weightings do not apply to this scheme.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from pipeline.models import MLP
+from pipeline.multitask.architectures import MultitaskNet, heads
+
+
+class SoftSharing(MultitaskNet):
+    name = "soft"
+
+    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
+                 coupling: float = 1e-3) -> None:
+        super().__init__(input_dim, tasks)
+        self.coupling = float(coupling)
+        self.trunks = nn.ModuleList(MLP(input_dim, hidden, dropout) for _ in tasks)
+        self.heads = nn.ModuleList(heads(t.out_dim, [task], head_hidden, dropout)[0] for t, task in zip(self.trunks, tasks))
+
+    def forward(self, x):
+        return [h(t(x)) for t, h in zip(self.trunks, self.heads)], None
+
+    def task_parameters(self, t):
+        return [*self.trunks[t].parameters(), *self.heads[t].parameters()]
+
+    def penalty(self):
+        if self.coupling == 0.0 or len(self.trunks) < 2:
+            return None
+        per_layer = zip(*(t.parameters() for t in self.trunks))
+        total = sum(((torch.stack(ws) - torch.stack(ws).mean(0)) ** 2).sum() for ws in per_layer)
+        return self.coupling * total

@@ -1,0 +1,145 @@
+"""multitask: several tasks trained jointly, one sharing scheme x one weighting method per run,
+next to the single-task baseline and classic scikit-learn baselines fitted on the same splits.
+
+One MLflow run per scheme x weighting x seed, all in this process. `scheme`, `weighting` and `seed`
+select one value each (Hydra multirun sweeps them); null runs the experiment's grid, in which a
+weighting that needs shared parameters is skipped for schemes that share none (asked for
+explicitly, that pair is an error). Architecture knobs set to `auto` are chosen on validation data
+from the scheme's `auto_grid`; every candidate is an MLflow run, the chosen one tagged `selected`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+from pipeline.stages import hydra_entry, layout, pick
+
+BASELINE = ("single_task", "equal")
+
+
+def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
+    """Every assignment of the knobs set to `auto`, from the scheme's `auto_grid`."""
+    raw = OmegaConf.to_container(arch_cfg, resolve=True)
+    grid_cfg = raw.pop("auto_grid", None) or {}
+    autos = [k for k, v in raw.items() if v == "auto"]
+    missing = [k for k in autos if k not in grid_cfg]
+    if missing:
+        raise PipelineError(f"scheme {raw.get('_target_')}: {missing} set to auto but missing from its auto_grid")
+    return [{**raw, **dict(zip(autos, values))} for values in itertools.product(*(grid_cfg[k] for k in autos))]
+
+
+def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
+    """(scheme, weighting) pairs to run, the single-task baseline first."""
+    from hydra.utils import instantiate
+
+    from pipeline.multitask.weighting import build, check_compatible
+
+    mt = cfg.multitask
+    schemes = pick(cfg.get("scheme"), list(exp.get("schemes") or mt.archs.keys()), "scheme")
+    weightings = pick(cfg.get("weighting"), list(exp.get("weightings") or mt.weightings.keys()), "weighting")
+    explicit = cfg.get("scheme") is not None and cfg.get("weighting") is not None
+    pairs = []
+    for s, w in itertools.product(schemes, weightings):
+        if s == BASELINE[0] and w != BASELINE[1] and not explicit:
+            continue  # the baseline is trained once, on plain summed losses
+        net = instantiate(auto_candidates(mt.archs[s])[0], _partial_=True)(input_dim=input_dim, tasks=tasks)
+        weighting = build(mt.weightings[w], n_tasks=len(tasks))
+        try:
+            check_compatible(weighting, len(net.shared_parameters()), s)
+        except PipelineError:
+            if explicit:
+                raise
+            print(f"multitask: skipping {s}+{w}: the weighting needs shared parameters and {s} shares none")
+            continue
+        pairs.append((s, w))
+    if cfg.get("scheme") is None and cfg.get("weighting") is None and BASELINE not in pairs:
+        pairs.insert(0, BASELINE)
+    return pairs
+
+
+def classic(ts, names) -> list[dict]:
+    """Test metrics of the scikit-learn baselines, in the same form as the neural runs."""
+    import torch
+
+    from pipeline.multitask import baselines
+    from pipeline.multitask.training import per_task_metrics, selection_score
+
+    out = []
+    test = ts.splits["test"]
+    for name in names:
+        preds = getattr(baselines, name)(ts.x, ts.y, ts.tasks, ts.splits["train"])
+        if preds is None:
+            continue
+        outputs = [torch.as_tensor(p[test]) for p in preds]
+        # Probabilities are fine for the metrics (argmax), values for regression as they are.
+        metrics = per_task_metrics(ts.tasks, outputs, torch.as_tensor(ts.y[test]))
+        test_metrics = {f"test/{k}": v for k, v in metrics.items()}
+        test_metrics["test/score"] = selection_score(ts.tasks, metrics)
+        out.append({"scheme": name, "weighting": "sklearn", "seed": 0, "test": test_metrics, "classic": True})
+    return out
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    import torch
+    from hydra.utils import instantiate
+
+    from pipeline.data import TaskSet
+    from pipeline.io import write_json
+    from pipeline.multitask.training import MultitaskModule, fit
+    from pipeline.multitask.weighting import build
+    from pipeline.stages import experiment
+    from pipeline.tracking import Tracker
+
+    name, exp = experiment(cfg, "multitask")
+    paths = layout(cfg, name)
+    ts = TaskSet.load(paths.data / "tasks")
+    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    mt = cfg.multitask
+    pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
+    train_cfg = {**cfg.trainer, **{k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic")}}
+    tracker = Tracker(name, cfg.tracking.uri)
+    x, y = torch.as_tensor(ts.x), torch.as_tensor(ts.y)
+    data = {s: (x[i], y[i]) for s, i in ts.splits.items()}
+    results = []
+    for (scheme, wname), seed in itertools.product(pairs, seeds):
+        start = time.perf_counter()
+        candidates = []
+        for arch in auto_candidates(mt.archs[scheme]):
+            torch.manual_seed(seed)
+            net = instantiate(arch, _partial_=True)(input_dim=ts.x.shape[1], tasks=ts.tasks)  # tasks stay TaskSpec objects
+            weighting = build(mt.weightings[wname], n_tasks=len(ts.tasks))
+            module = MultitaskModule(net, ts.tasks, weighting, instantiate(cfg.optimizer), float(mt.lr))
+            params = {"multitask": train_cfg, "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
+                      "optimizer": OmegaConf.to_container(cfg.optimizer)}
+            run_id = tracker.start("multitask", f"{scheme}+{wname}", seed, ts.data_hash, params=params,
+                                   extra_tags={"scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))})
+            try:
+                res = fit(module, data, train_cfg, seed, logger=tracker.lightning_logger(run_id))
+            except BaseException:
+                tracker.finish(run_id, "FAILED")
+                raise
+            candidates.append({"scheme": scheme, "weighting": wname, "seed": int(seed), "run_id": run_id, "arch": arch,
+                               "test": res.test, "best_val": res.best_val, "best_epoch": res.best_epoch, "history": module.history})
+            tracker.finish(run_id)
+        chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
+        if len(candidates) > 1:
+            tracker.client.set_tag(chosen["run_id"], "selected", "true")
+        chosen["seconds"] = round(time.perf_counter() - start, 2)
+        results.append(chosen)
+        print(f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
+              f"{chosen['seconds']:5.1f}s", flush=True)
+    if cfg.get("scheme") is None and cfg.get("weighting") is None:
+        for c in classic(ts, list(mt.classic)):
+            results.append(c)
+            print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
+    # Written once every run has finished, so a failure leaves no partial results behind.
+    for r in results:
+        write_json(paths.root / "multitask" / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)
+    return results
+
+
+main = hydra_entry(run)

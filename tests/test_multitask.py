@@ -1,0 +1,105 @@
+"""Joint multitask training: masking, Δm's sign convention, and the stage on the real config."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.data import TaskSpec
+from pipeline.errors import PipelineError
+from pipeline.multitask.training import masked_losses
+from pipeline.report.multitask import delta_m
+from support import mlflow_runs
+
+
+def test_masked_labels_contribute_nothing_to_the_gradient():
+    torch.manual_seed(0)
+    tasks = [TaskSpec("a", "regression"), TaskSpec("b", "classification", ["0", "1", "2"])]
+    w = torch.randn(4, 1, requires_grad=True)
+    v = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(6, 4)
+    nan = float("nan")
+    y = torch.tensor([[0.5, 1.0], [nan, 2.0], [1.5, nan], [nan, 0.0], [0.1, 1.0], [2.0, nan]])
+
+    def grad_a(inputs):
+        return torch.autograd.grad(masked_losses(tasks, [inputs @ w, inputs @ v], y)[0], w)[0]
+
+    # Task a's gradient is the gradient over its labelled rows alone...
+    rows = ~torch.isnan(y[:, 0])
+    ref = torch.autograd.grad(torch.nn.functional.mse_loss((x[rows] @ w).squeeze(-1), y[rows, 0]), w)[0]
+    assert torch.allclose(grad_a(x), ref)
+    # ...so whatever the rows unlabelled for a contain, a's gradient does not move; b's does.
+    shifted = x.clone()
+    shifted[[1, 3]] += 100.0
+    assert torch.allclose(grad_a(shifted), grad_a(x))
+    grad_b = lambda inputs: torch.autograd.grad(masked_losses(tasks, [inputs @ w, inputs @ v], y)[1], v)[0]  # noqa: E731
+    assert not torch.allclose(grad_b(shifted), grad_b(x))
+
+
+def test_task_absent_from_batch_has_zero_loss_without_graph():
+    tasks = [TaskSpec("a", "regression"), TaskSpec("b", "regression")]
+    out = [torch.randn(3, 1, requires_grad=True), torch.randn(3, 1, requires_grad=True)]
+    y = torch.tensor([[1.0, float("nan")]] * 3)
+    losses = masked_losses(tasks, out, y)
+    assert losses[1].item() == 0.0 and not losses[1].requires_grad and losses[0].requires_grad
+
+
+def test_delta_m_sign_convention_on_a_hand_computed_example():
+    kinds = {"digit": "classification", "price": "regression"}
+    rows = []
+    for method, acc, rmse in [("single_task+equal", 0.80, 2.0), ("good", 0.88, 1.8), ("bad", 0.72, 2.2)]:
+        rows += [{"method": method, "seed": 0, "task": "digit", "metric": "acc", "value": acc, "classic": False},
+                 {"method": method, "seed": 0, "task": "price", "metric": "rmse", "value": rmse, "classic": False},
+                 {"method": method, "seed": 0, "task": "price", "metric": "r2", "value": 0.5, "classic": False}]
+    dm = delta_m(pd.DataFrame(rows), kinds).set_index("method").delta_m
+    # good: accuracy +10%, RMSE 10% lower (better) -> +10; bad: the mirror image -> -10.
+    assert dm["good"] == pytest.approx(10.0)
+    assert dm["bad"] == pytest.approx(-10.0)
+    assert dm["single_task+equal"] == pytest.approx(0.0)
+
+
+TINY_MT = ["exp=synthetic_related", "seeds=[0]", "multitask.max_epochs=4", "multitask.min_steps_per_epoch=2",
+           "multitask_experiments.synthetic_related.data.n_tasks=3"]
+
+
+def test_incompatible_scheme_and_weighting_names_both(make_cfg):
+    from pipeline.stages import multitask, prepare
+
+    cfg = make_cfg(*TINY_MT, "scheme=single_task", "weighting=upgrad")
+    prepare.run(cfg)
+    with pytest.raises(PipelineError, match=r"upgrad.*single_task|single_task.*upgrad"):
+        multitask.run(cfg)
+
+
+def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
+    from pipeline.stages import multitask, prepare, report
+
+    cfg = make_cfg(*TINY_MT, "+multitask_experiments.synthetic_related.schemes=[single_task,hard,soft]",
+                   "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
+                   "multitask.archs.soft.auto_grid.coupling=[0.0,0.01]")
+    prepare.run(cfg)
+    results = multitask.run(cfg)
+    methods = {(r["scheme"], r["weighting"]) for r in results}
+    assert {("single_task", "equal"), ("hard", "equal"), ("hard", "upgrad"), ("soft", "equal")} <= methods
+    assert ("soft", "upgrad") not in methods  # soft shares no parameters: skipped in the grid
+    assert {"ridge_per_task", "ridge_pooled"} <= {r["scheme"] for r in results if r.get("classic")}
+
+    client, runs = mlflow_runs(cfg, "synthetic_related")
+    mt = [r for r in runs if r.data.tags["stage"] == "multitask"]
+    hard_up = [r for r in mt if r.data.tags["scheme"] == "hard" and r.data.tags["weighting"] == "upgrad"]
+    assert len(hard_up) == 1
+    m = hard_up[0].data.metrics
+    assert {"test/task_0/rmse", "test/task_2/r2", "weight/task_1", "grad/cos_mean"} <= set(m)
+    assert len(client.get_metric_history(hard_up[0].info.run_id, "weight/task_0")) >= 2  # weights over training
+    soft = [r for r in mt if r.data.tags["scheme"] == "soft"]
+    assert len(soft) == 2 and sum(r.data.tags.get("selected") == "true" for r in soft) == 1  # coupling picked on val
+
+    metrics = report.run(cfg)
+    assert metrics["delta_m"]["single_task+equal"] == pytest.approx(0.0)
+    assert all(math.isfinite(v) for v in metrics["delta_m"].values())
+    md = (tmp_path / "reports" / "synthetic_related.md").read_text()
+    assert "Δm against the single-task baseline" in md and "ridge_pooled+sklearn" in md
+    assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").exists()
