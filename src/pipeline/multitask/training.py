@@ -9,7 +9,7 @@ masked out of every loss and metric.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -73,6 +73,9 @@ class MultitaskModule(L.LightningModule):
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []  # per-epoch weights and gradient cosines, for the report
         self.test_results: dict[str, float] = {}
+
+    def monitor(self) -> tuple[str, str]:
+        return "val/score", "max"
 
     def configure_optimizers(self):
         params = [*self.net.parameters(), *self.weighting.extra_parameters()]
@@ -152,29 +155,3 @@ class MultitaskModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.test_results = self._evaluate(batch, "test")
-
-
-def fit(module: MultitaskModule, data: dict[str, tuple[torch.Tensor, torch.Tensor]], train_cfg: dict[str, Any], seed: int, logger=None):
-    """Train with the weighting method, keep the epoch with the best validation score, test it."""
-    import tempfile
-
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from pipeline.training import FitResult, TensorLoader, trainer
-
-    L.seed_everything(seed, workers=False, verbose=False)
-    x, y = data["train"]
-    train = TensorLoader(x, y, train_cfg["batch_size"], shuffle=True, seed=seed, min_batches=int(train_cfg.get("min_steps_per_epoch", 1)),
-                         steps_per_batch=int(train_cfg.get("steps_per_batch", 0)))
-    whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/score", mode="max", save_top_k=1, save_weights_only=True, enable_version_counter=False)
-        stop = EarlyStopping(monitor="val/score", mode="max", patience=int(train_cfg.get("patience", 10)))
-        tr = trainer(train_cfg, logger=logger, callbacks=[ckpt, stop])
-        tr.fit(module, train, whole("val"))
-        best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(best["state_dict"])
-        best_epoch = int(best.get("epoch", tr.current_epoch))
-        tr.test(module, whole("test"), verbose=False)
-    best_val = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return FitResult(test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step, best_val=best_val)

@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from pipeline.data import TaskSet
     from pipeline.io import write_json
-    from pipeline.multitask.training import MultitaskModule, fit
+    from pipeline.multitask.training import MultitaskModule
+    from pipeline.training import fit
     from pipeline.multitask.weighting import build
     from pipeline.stages import experiment
     from pipeline.tracking import Tracker

@@ -14,27 +14,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
 
-from pipeline.models import MLP
-from pipeline.multitask.architectures import MultitaskNet, heads
+from pipeline.multitask.architectures.single_task import SingleTask
 
 
-class SoftSharing(MultitaskNet):
+class SoftSharing(SingleTask):
+    """Single-task networks plus the coupling penalty."""
+
     name = "soft"
 
     def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
                  coupling: float = 1e-3) -> None:
-        super().__init__(input_dim, tasks)
+        super().__init__(input_dim, tasks, hidden, head_hidden, dropout)
         self.coupling = float(coupling)
-        self.trunks = nn.ModuleList(MLP(input_dim, hidden, dropout) for _ in tasks)
-        self.heads = nn.ModuleList(heads(t.out_dim, [task], head_hidden, dropout)[0] for t, task in zip(self.trunks, tasks))
-
-    def forward(self, x):
-        return [h(t(x)) for t, h in zip(self.trunks, self.heads)], None
-
-    def task_parameters(self, t):
-        return [*self.trunks[t].parameters(), *self.heads[t].parameters()]
 
     def penalty(self):
         if self.coupling == 0.0 or len(self.trunks) < 2:
