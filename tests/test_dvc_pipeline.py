@@ -13,11 +13,11 @@ from support import BIN, ROOT, TINY, copy_project
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_committed_params_yaml_matches_conf():
+def test_committed_params_yaml_matches_conf(tmp_path):
     """`dvc repro` reads params.yaml; it must be exactly what DVC's Hydra composition makes of conf/."""
     from pipeline.params import compose_params
 
-    fresh = compose_params(ROOT / ".pytest_cache" / "params.composed.yaml", conf_dir=ROOT / "conf")
+    fresh = compose_params(tmp_path / "params.yaml", conf_dir=ROOT / "conf")
     assert fresh.read_text() == (ROOT / "params.yaml").read_text(), "params.yaml is stale: run `make params`"
 
 
