@@ -11,13 +11,22 @@ from torch import nn
 from pipeline.errors import PipelineError
 
 
-class MLP(nn.Module):
-    """Blocks of Linear -> ReLU -> Dropout; `out_dim` is the feature size a head sees."""
+ACTIVATIONS = {"relu": torch.relu, "identity": lambda x: x}
 
-    def __init__(self, input_dim: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
+
+class MLP(nn.Module):
+    """Blocks of Linear -> activation -> Dropout; `out_dim` is the feature size a head sees.
+
+    `activation: identity` makes the network linear, for linear problems such as the survey's
+    shared-parameter regression example.
+    """
+
+    def __init__(self, input_dim: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0, activation: str = "relu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise PipelineError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
         dims = [int(input_dim), *map(int, hidden)]
-        self.blocks = nn.ModuleList(Block(dims[i], dims[i + 1], dropout) for i in range(len(dims) - 1))
+        self.blocks = nn.ModuleList(Block(dims[i], dims[i + 1], dropout, activation) for i in range(len(dims) - 1))
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -28,13 +37,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+    def __init__(self, d_in: int, d_out: int, dropout: float, activation: str = "relu") -> None:
         super().__init__()
         self.linear = nn.Linear(d_in, d_out)
         self.drop = nn.Dropout(dropout)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(torch.relu(self.linear(x)))
+        return self.drop(self.act(self.linear(x)))
 
 
 class Net(nn.Module):

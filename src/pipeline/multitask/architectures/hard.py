@@ -12,9 +12,10 @@ from pipeline.multitask.architectures import MultitaskNet, heads
 class HardSharing(MultitaskNet):
     name = "hard"
 
-    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
+    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
+                 activation: str = "relu") -> None:
         super().__init__(input_dim, tasks)
-        self.trunk = MLP(input_dim, hidden, dropout)
+        self.trunk = MLP(input_dim, hidden, dropout, activation)
         self.heads = heads(self.trunk.out_dim, tasks, head_hidden, dropout)
 
     def forward(self, x):

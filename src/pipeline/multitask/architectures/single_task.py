@@ -14,9 +14,10 @@ from pipeline.multitask.architectures import MultitaskNet, heads
 class SingleTask(MultitaskNet):
     name = "single_task"
 
-    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
+    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
+                 activation: str = "relu") -> None:
         super().__init__(input_dim, tasks)
-        self.trunks = nn.ModuleList(MLP(input_dim, hidden, dropout) for _ in tasks)
+        self.trunks = nn.ModuleList(MLP(input_dim, hidden, dropout, activation) for _ in tasks)
         self.heads = nn.ModuleList(heads(t.out_dim, [task], head_hidden, dropout)[0] for t, task in zip(self.trunks, tasks))
 
     def forward(self, x):

@@ -24,8 +24,8 @@ class SoftSharing(SingleTask):
     name = "soft"
 
     def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
-                 coupling: float = 1e-3) -> None:
-        super().__init__(input_dim, tasks, hidden, head_hidden, dropout)
+                 coupling: float = 1e-3, activation: str = "relu") -> None:
+        super().__init__(input_dim, tasks, hidden, head_hidden, dropout, activation)
         self.coupling = float(coupling)
 
     def penalty(self):
