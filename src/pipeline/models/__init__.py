@@ -95,10 +95,10 @@ def load_matching(target: nn.Module, state: Mapping[str, torch.Tensor], prefixes
     the layers at fault, so a checkpoint from another architecture never half-loads silently.
     """
     own = target.state_dict()
-    wanted = [k for k in own if any(k == p or k.startswith(p + ".") for p in prefixes)]
-    unknown = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in own)]
+    wanted = [k for k in own if under(k, prefixes)]
+    unknown = [p for p in prefixes if not any(under(k, [p]) for k in own)]
     if unknown:
-        raise PipelineError(f"{what}: layers {unknown} do not exist in the target model; it has {_layers(own)}")
+        raise PipelineError(f"{what}: layers {unknown} do not exist in the target model; it has {layer_names(own)}")
     missing = [k for k in wanted if k not in state]
     shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs target {tuple(own[k].shape)}" for k in wanted if k in state and state[k].shape != own[k].shape]
     if missing or shape:
@@ -110,5 +110,10 @@ def load_matching(target: nn.Module, state: Mapping[str, torch.Tensor], prefixes
     return wanted
 
 
-def _layers(state: Mapping[str, Any]) -> list[str]:
-    return sorted({k.rsplit(".", 1)[0] for k in state})
+def under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether parameter `name` belongs to one of the layers `prefixes` (dotted module paths)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def layer_names(param_names) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in param_names})

@@ -7,15 +7,20 @@ from pathlib import Path
 import pandas as pd
 
 
-def label_efficiency(stats: pd.DataFrame, metric: str, path: str | Path, title: str, reference: float | None = None,
-                     reference_label: str = "") -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def label_efficiency(stats: pd.DataFrame, metric: str, path: str | Path, title: str, reference: float | None = None,
+                     reference_label: str = "") -> None:
     from pipeline.report import strategy_order
 
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name in strategy_order(stats.strategy):
         s = stats[stats.strategy == name].sort_values("budget")
@@ -35,15 +40,6 @@ def label_efficiency(stats: pd.DataFrame, metric: str, path: str | Path, title: 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def per_task_results(stats: pd.DataFrame, path: str | Path, title: str, max_tasks: int = 12) -> None:

@@ -42,10 +42,15 @@ def load(directory: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def primary_rows(df: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """The rows holding each task's primary metric."""
+    return df[[row.metric == primary(kinds[row.task])[0] for row in df.itertuples()]]
+
+
 def delta_m(df: pd.DataFrame, kinds: dict[str, str], baseline: str = BASELINE) -> pd.DataFrame:
     """Δm per method and seed, paired with the baseline at the same seed (classic baselines are
     deterministic and compared with each baseline seed)."""
-    prim = df[[row.metric == primary(kinds[row.task])[0] for row in df.itertuples()]]
+    prim = primary_rows(df, kinds)
     base = prim[prim.method == baseline].set_index(["seed", "task"])["value"]
     if base.empty:
         raise PipelineError(f"no {baseline} runs: Δm needs the single-task baseline trained in the same experiment")
@@ -66,7 +71,7 @@ def delta_m(df: pd.DataFrame, kinds: dict[str, str], baseline: str = BASELINE) -
 
 def per_task(df: pd.DataFrame, kinds: dict[str, str], baseline: str = BASELINE) -> pd.DataFrame:
     """Mean ± std of each task's primary metric per method, and whether it is worse than the baseline."""
-    prim = df[[row.metric == primary(kinds[row.task])[0] for row in df.itertuples()]]
+    prim = primary_rows(df, kinds)
     stats = prim.groupby(["method", "task"])["value"].agg(mean="mean", std=lambda s: s.std(ddof=1) if len(s) > 1 else 0.0).reset_index()
     base = stats[stats.method == baseline].set_index("task")["mean"]
     higher = stats.task.map(lambda t: primary(kinds[t])[1])

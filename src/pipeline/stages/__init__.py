@@ -38,6 +38,10 @@ class Layout:
     def finetune(self) -> Path:
         return self.root / "finetune"
 
+    @property
+    def multitask(self) -> Path:
+        return self.root / "multitask"
+
 
 # Where experiments are declared: transfer chains in `experiments`, joint training in `multitask_experiments`.
 EXPERIMENT_KINDS = {"transfer": "experiments", "multitask": "multitask_experiments"}

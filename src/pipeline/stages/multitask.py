@@ -42,14 +42,16 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     schemes = pick(cfg.get("scheme"), list(exp.get("schemes") or mt.archs.keys()), "scheme")
     weightings = pick(cfg.get("weighting"), list(exp.get("weightings") or mt.weightings.keys()), "weighting")
     explicit = cfg.get("scheme") is not None and cfg.get("weighting") is not None
+    # How many parameters each scheme shares decides which weightings apply; build each net once.
+    n_shared = {s: len(instantiate(auto_candidates(mt.archs[s])[0], _partial_=True)(input_dim=input_dim, tasks=tasks).shared_parameters())
+                for s in schemes}
     pairs = []
     for s, w in itertools.product(schemes, weightings):
         if s == BASELINE[0] and w != BASELINE[1] and not explicit:
             continue  # the baseline is trained once, on plain summed losses
-        net = instantiate(auto_candidates(mt.archs[s])[0], _partial_=True)(input_dim=input_dim, tasks=tasks)
         weighting = build(mt.weightings[w], n_tasks=len(tasks))
         try:
-            check_compatible(weighting, len(net.shared_parameters()), s)
+            check_compatible(weighting, n_shared[s], s)
         except PipelineError:
             if explicit:
                 raise
@@ -139,7 +141,7 @@ def run(cfg: DictConfig) -> list[dict]:
             print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
     # Written once every run has finished, so a failure leaves no partial results behind.
     for r in results:
-        write_json(paths.root / "multitask" / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)
+        write_json(paths.multitask / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)
     return results
 
 

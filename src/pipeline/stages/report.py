@@ -224,13 +224,13 @@ def run_multitask(cfg: DictConfig) -> dict:
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
     kinds = {t.name: t.kind for t in ts.tasks}
-    df = load(paths.root / "multitask")
+    df = load(paths.multitask)
     dm = delta_m(df, kinds)
     stats = per_task(df, kinds)
     classic_methods = sorted(df[df.classic].method.unique())
     classic_dm = {m: float(dm[dm.method == m].delta_m.mean()) for m in classic_methods}
     histories = {}
-    for f in sorted((paths.root / "multitask").glob("hard+*/seed*.json")):
+    for f in sorted(paths.multitask.glob("hard+*/seed*.json")):
         r = json.loads(f.read_text())
         if r["seed"] == min(cfg.seeds) and r.get("history"):
             histories[r["weighting"]] = r["history"]

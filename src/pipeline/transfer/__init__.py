@@ -60,13 +60,13 @@ def freeze(net: nn.Module, prefixes: list[str]) -> list[str]:
     """Stop gradients for the layers under `prefixes`; a name matching no layer is an error, since a
     typo would otherwise silently fine-tune what the user meant to keep fixed."""
     from pipeline.errors import PipelineError
+    from pipeline.models import layer_names, under
 
     named = dict(net.named_parameters())
-    unknown = [q for q in prefixes if not any(n == q or n.startswith(q + ".") for n in named)]
+    unknown = [q for q in prefixes if not any(under(n, [q]) for n in named)]
     if unknown:
-        layers = sorted({n.rsplit(".", 1)[0] for n in named})
-        raise PipelineError(f"freeze: layers {unknown} do not exist in the target model; it has {layers}")
-    frozen = [n for n in named if any(n == q or n.startswith(q + ".") for q in prefixes)]
+        raise PipelineError(f"freeze: layers {unknown} do not exist in the target model; it has {layer_names(named)}")
+    frozen = [n for n in named if under(n, prefixes)]
     for n in frozen:
         named[n].requires_grad_(False)
     return frozen
