@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install demo test params bench mlflow-ui clean
+.PHONY: install demo demo-all test params bench bench-weighting mlflow-ui clean
 
 install: $(STAMP)
 
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,solvers]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	@start=$$(date +%s); $(BIN)/dvc repro && end=$$(date +%s) && \
+# demo: the transfer chains (`report@*` and what they need); demo-all: also the multitask chains.
+demo: DVC_TARGETS := report
+demo-all: DVC_TARGETS :=
+demo demo-all: $(STAMP)
+	@start=$$(date +%s); $(BIN)/dvc repro $(DVC_TARGETS) && end=$$(date +%s) && \
 	echo "" && echo "dvc repro finished in $$((end - start)) s" && echo "Reports:" && \
 	ls -1 reports/*.md reports/figures/*.png | sed 's/^/  /' && \
 	echo "Open the runs in the MLflow UI (then browse http://127.0.0.1:5000):" && \
@@ -35,6 +38,9 @@ params: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/training_loop.py
+
+bench-weighting: $(STAMP)
+	$(BIN)/python benchmarks/weighting_step.py
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,21 +1,24 @@
-"""Cost of one multitask training step per weighting method, against equal weighting.
+"""Cost of one multitask training step per weighting method, against equal weighting, on real data.
 
-A step is what the multitask loop does per batch: forward, `weighting.backward`, optimizer step.
-Each method trains its own copy of the same hard-sharing MLP (same initialisation) with AdamW;
-methods are timed in interleaved blocks, so a slow spell of a shared machine hits them all alike,
-and the median block gives ms/step. The clock is this process's CPU time by default (`--clock cpu`):
-with one thread it is the step's compute, untouched by other jobs on the machine; `--clock wall`
-for wall-clock time. Inputs are synthetic tensors of the real shapes (only the cost
-is measured, not what is learnt):
+A step is exactly what the multitask stage does per batch (`pipeline.multitask.training.backward_step`
+then the optimizer's step): forward of the hard-sharing network from `conf/multitask/arch/hard.yaml`,
+masked per-task losses, `weighting.backward`, AdamW. Each method trains its own copy of the network
+(same initialisation) on the same batch of real rows:
 
-  mnist2   2 tasks, MultiMNIST-like: 784 inputs -> trunk 256-256 -> 2 heads of 10 classes
-  reg65    65 regression tasks: 20 inputs -> trunk 128-128 -> 65 heads of 1 output
+  multimnist  2 classification tasks: MultiMNIST images (conf/data/multimnist.yaml), 784 inputs
+  schools     65 regression tasks: every school of mlmRev Exam (min_pupils=1), 18 inputs, each pupil
+              labelled for its own school only, so a batch holds a few labels per task
 
-`--losses` says how the per-task losses reach `backward`: `stacked` (one [T] tensor) or `list` (T
-scalars, the tasks' graphs kept apart).
+Gradient aggregators run with their configured `jacobian` (`params`: the exact Jacobian of the
+shared parameters) and, with `--jacobian both` (default), also with `jacobian=features` (weights
+from the Jacobian w.r.t. the shared features, one trunk pass: Sener & Koltun's MGDA-UB bound).
 
-    python benchmarks/weighting_step.py                     # all of conf/multitask/weighting/
-    python benchmarks/weighting_step.py --methods equal,upgrad --scenarios mnist2 --repeats 30
+Methods are timed in interleaved blocks, so a slow spell of a shared machine hits them all alike;
+the median block gives ms/step. The clock is this process's CPU time by default: with one thread it
+is the step's compute, untouched by other jobs on the machine (`--clock wall` for wall-clock time).
+
+    python benchmarks/weighting_step.py                       # all of conf/multitask/weighting/
+    python benchmarks/weighting_step.py --methods upgrad --scenarios multimnist --repeats 30
 """
 
 from __future__ import annotations
@@ -25,53 +28,62 @@ import statistics
 import time
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "multitask" / "weighting"
-SCENARIOS = {  # inputs, trunk widths, tasks, head outputs (1 = regression)
-    "mnist2": (784, [256, 256], 2, 10),
-    "reg65": (20, [128, 128], 65, 1),
-}
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def make_model(d_in: int, widths: list[int], n_tasks: int, n_out: int, seed: int = 0):
+def load_data(scenario: str):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONF / "data" / ("multimnist.yaml" if scenario == "multimnist" else "exam_schools.yaml"))
+    if scenario == "schools":
+        cfg.min_pupils = 1  # all 65 schools
+    return instantiate(cfg)
+
+
+def make_step(src, arch_cfg, weighting, batch: int, seed: int = 0):
+    import numpy as np
     import torch
-    from torch import nn
+    from hydra.utils import instantiate
 
+    from pipeline.multitask.training import backward_step
+
+    rows = np.random.default_rng(seed).choice(len(src.x), size=batch, replace=False)
+    x, y = torch.as_tensor(src.x[rows]), torch.as_tensor(src.y[rows])
     torch.manual_seed(seed)
-    layers, d = [], d_in
-    for w in widths:
-        layers += [nn.Linear(d, w), nn.ReLU()]
-        d = w
-    return nn.ModuleDict({"trunk": nn.Sequential(*layers), "heads": nn.ModuleList(nn.Linear(d, n_out) for _ in range(n_tasks))})
-
-
-def make_step(model, weighting, batch, n_out: int, as_list: bool):
-    import torch
-    from torch.nn import functional as F
-
-    x, y = batch
-    shared = list(model["trunk"].parameters())
-    heads = [list(h.parameters()) for h in model["heads"]]
-    opt = torch.optim.AdamW([*model.parameters(), *weighting.extra_parameters()], lr=1e-3)
+    net = instantiate(arch_cfg, _partial_=True)(input_dim=x.shape[1], tasks=src.tasks)
+    opt = torch.optim.AdamW([*net.parameters(), *weighting.extra_parameters()], lr=1e-3)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        features = model["trunk"](x)
-        if n_out == 1:
-            losses = [F.mse_loss(h(features).squeeze(1), y[:, t]) for t, h in enumerate(model["heads"])]
-        else:
-            losses = [F.cross_entropy(h(features), y[:, t].long()) for t, h in enumerate(model["heads"])]
-        weighting.backward(losses if as_list else torch.stack(losses), shared, [features], heads)
+        backward_step(net, src.tasks, weighting, x, y)
         opt.step()
 
     return step
 
 
+def variants(names: list[str], n_tasks: int, jacobian: str) -> dict:
+    """label -> weighting: each config as it is, plus its jacobian=features variant where it applies."""
+    from omegaconf import OmegaConf
+
+    from pipeline.multitask.weighting import build
+
+    out = {}
+    for name in names:
+        cfg = OmegaConf.load(CONF / "multitask" / "weighting" / f"{name}.yaml")
+        out[name] = build(cfg, n_tasks)
+        if jacobian == "both" and "jacobian" in cfg and cfg.jacobian != "features":
+            out[f"{name}/features"] = build(OmegaConf.merge(cfg, {"jacobian": "features"}), n_tasks)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(sorted(p.stem for p in CONF.glob("*.yaml"))),
+    parser.add_argument("--methods", default=",".join(sorted(p.stem for p in (CONF / "multitask" / "weighting").glob("*.yaml"))),
                         help="comma-separated config names in conf/multitask/weighting/ (default: all)")
-    parser.add_argument("--scenarios", default="mnist2,reg65", help=f"comma-separated, of {sorted(SCENARIOS)}")
-    parser.add_argument("--losses", default="stacked,list", help="stacked, list, or both")
+    parser.add_argument("--scenarios", default="multimnist,schools", help="comma-separated, of multimnist, schools")
+    parser.add_argument("--jacobian", choices=["as-configured", "both"], default="both",
+                        help="both: also time the aggregators with jacobian=features")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing blocks per method")
     parser.add_argument("--steps", type=int, default=4, help="steps per timing block")
@@ -80,43 +92,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall-clock time")
     args = parser.parse_args(argv)
 
+    import warnings
+
     import torch
     from omegaconf import OmegaConf
 
-    from pipeline.multitask.weighting import build
-
+    warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")  # Nash-MTL, once
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    methods = args.methods.split(",")
-    if "equal" not in methods:
-        methods = ["equal", *methods]
-    print(f"torch {torch.__version__}, CPU, {args.threads} thread(s), {args.clock} time; synthetic inputs of the "
-          f"real shapes, batch {args.batch}; median of {args.repeats} interleaved blocks of {args.steps} steps")
-    print(f"{'scenario':<8} {'losses':<8} {'method':<12} {'ms/step':>8} {'x equal':>8}")
+    names = args.methods.split(",")
+    if "equal" not in names:
+        names = ["equal", *names]
+    arch = OmegaConf.load(CONF / "multitask" / "arch" / "hard.yaml")
+    print(f"torch {torch.__version__}, CPU, {args.threads} thread(s), {args.clock} time; hard sharing {list(arch.hidden)}, "
+          f"real rows, batch {args.batch}; median of {args.repeats} interleaved blocks of {args.steps} steps")
+    print(f"{'scenario':<10} {'tasks':>5} {'method':<22} {'ms/step':>8} {'x equal':>8}")
     for scenario in args.scenarios.split(","):
-        d_in, widths, n_tasks, n_out = SCENARIOS[scenario]
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(args.batch, d_in, generator=g)
-        y = (torch.randint(0, n_out, (args.batch, n_tasks), generator=g).float() if n_out > 1
-             else torch.randn(args.batch, n_tasks, generator=g))
-        for form in args.losses.split(","):
-            steps = {}
-            for m in methods:
-                weighting = build(OmegaConf.load(CONF / f"{m}.yaml"), n_tasks)
-                steps[m] = make_step(make_model(d_in, widths, n_tasks, n_out), weighting, (x, y), n_out, form == "list")
-                for _ in range(args.warmup):
-                    steps[m]()
-            times: dict[str, list[float]] = {m: [] for m in methods}
-            for _ in range(args.repeats):
-                for m in methods:
-                    t0 = clock()
-                    for _ in range(args.steps):
-                        steps[m]()
-                    times[m].append((clock() - t0) / args.steps * 1e3)
-            base = statistics.median(times["equal"])
-            for m in methods:
-                ms = statistics.median(times[m])
-                print(f"{scenario:<8} {form:<8} {m:<12} {ms:8.2f} {ms / base:8.2f}", flush=True)
+        src = load_data(scenario)
+        methods = variants(names, len(src.tasks), args.jacobian)
+        steps = {m: make_step(src, arch, w, args.batch) for m, w in methods.items()}
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        times: dict[str, list[float]] = {m: [] for m in steps}
+        for _ in range(args.repeats):
+            for m, step in steps.items():
+                t0 = clock()
+                for _ in range(args.steps):
+                    step()
+                times[m].append((clock() - t0) / args.steps * 1e3)
+        base = statistics.median(times["equal"])
+        for m in steps:
+            ms = statistics.median(times[m])
+            print(f"{scenario:<10} {len(src.tasks):>5} {m:<22} {ms:8.2f} {ms / base:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

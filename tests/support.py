@@ -27,9 +27,13 @@ TINY = [
 ]
 
 
+# The survey's synthetic linear tasks: in conf/experiment/ but not in the default study.
+SYNTHETIC = [f"+experiment@multitask_experiments.{n}={n}" for n in ("synthetic_related", "synthetic_unrelated")]
+
+
 def compose_cfg(tmp: Path, overrides: list[str] = ()) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[*TINY, *overrides])
+        cfg = compose("config", overrides=[*TINY, *SYNTHETIC, *overrides])
     with open_dict(cfg):
         cfg.paths.artifacts = str(tmp / "artifacts")
         cfg.paths.reports = str(tmp / "reports")

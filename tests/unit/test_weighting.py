@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.multitask.weighting import Weighting, build, check_compatible
+from pipeline.multitask.weighting.aggregator import TorchJD
 
 pytestmark = [
     # cvxpy's note that Nash-MTL's problem is not DPP (a torchjd internal, once per instance).
@@ -145,13 +146,16 @@ def test_every_method_updates_all_parameters(name, n_tasks):
     absent = n_tasks - 1 if n_tasks > 2 else None  # with 10 tasks, the last has no label in the batch
     model, x, y, mask = make_problem(n_tasks, absent=absent)
     w = weighting_or_skip(name, n_tasks)
-    assert isinstance(w, Weighting) and w.name == name
-    for use_features in (True, False):
+    assert isinstance(w, Weighting) and w.name in name  # mgda_ub is mgda with jacobian=features
+    # jacobian=features needs the features; the others must also work from the losses alone.
+    for use_features in (True,) if getattr(w, "jacobian", "params") == "features" else (True, False):
         for as_list in (False, True):
             model.zero_grad(set_to_none=True)
             weights = run_step(w, model, x, y, mask, use_features, as_list)
             assert_finite_update(model, {f"heads.{absent}."} if absent is not None else set())
             assert_weights_logged_shape(weights, n_tasks)
+            if absent is not None and isinstance(w, TorchJD) and not w.all_rows:
+                assert weights[absent] == 0  # left out of the Jacobian, not a zero row
 
 
 @pytest.mark.parametrize("name", sorted(DESCENT_FOR_ALL & set(METHODS)))
@@ -298,3 +302,64 @@ def test_bad_aggregator_config_is_named():
         weighting("mgda", 2, epsilon=-1.0)
     with pytest.raises(PipelineError, match=r"weighting 'dwa': temperature must be > 0, got 0"):
         weighting("dwa", 2, temperature=0)
+
+
+# --- jacobian=features (Sener & Koltun's MGDA-UB): weights from the Jacobian w.r.t. the features ---
+
+GRAMIAN_BASED = sorted({"upgrad", "mgda", "pcgrad", "imtl_g", "aligned_mtl", "cagrad"} & set(METHODS))
+
+
+@pytest.mark.parametrize("name", GRAMIAN_BASED)
+def test_features_jacobian_updates_all_parameters_and_logs_weights(name):
+    model, x, y, mask = make_problem(10, absent=9)
+    try:
+        w = weighting(name, 10, jacobian="features")
+    except PipelineError as e:
+        if "needs an optional solver" in str(e):
+            pytest.skip(str(e))
+        raise
+    for as_list in (False, True):
+        model.zero_grad(set_to_none=True)
+        weights = run_step(w, model, x, y, mask, use_features=True, as_list=as_list)
+        assert_finite_update(model, {"heads.9."})
+        assert_weights_logged_shape(weights, 10)
+
+
+@pytest.mark.parametrize("name", sorted(DESCENT_FOR_ALL))
+def test_features_jacobian_is_exact_when_the_features_are_the_parameters(name):
+    # features = theta: the Jacobian w.r.t. the features is the Jacobian w.r.t. the parameters, so
+    # both modes must give the same update, which then helps every task.
+    exact, grads = conflicting_step(name, use_features=False)
+    a, b = grads
+    theta = nn.Parameter(torch.tensor([0.3, -0.2]))
+    features = theta * 1.0
+    weighting(name, 2, jacobian="features").backward(torch.stack([a @ features, b @ features]), [theta], [features], [[], []])
+    torch.testing.assert_close(theta.grad, exact)
+    assert_descent_for_all_tasks(theta.grad, grads)
+
+
+def test_features_jacobian_with_heads_gives_each_head_its_own_task_gradient():
+    model, x, y, mask = make_problem(3, absent=1)
+    run_step(weighting("upgrad", 3, jacobian="features"), model, x, y, mask)
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("heads.") and p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    losses, _ = model.losses(x, y, mask)
+    losses.sum().backward()
+    assert set(ours) == {n for n, p in model.named_parameters() if n.startswith("heads.") and p.grad is not None}
+    for n, p in model.named_parameters():
+        if n in ours:
+            torch.testing.assert_close(ours[n], p.grad)
+
+
+def test_features_jacobian_errors_are_named():
+    with pytest.raises(PipelineError, match=r"weighting 'upgrad': jacobian must be 'params' or 'features', got 'trunk'"):
+        weighting("upgrad", 2, jacobian="trunk")
+    if "nash_mtl" in METHODS:
+        try:
+            with pytest.raises(PipelineError, match=r"weighting 'nash_mtl': jacobian=features needs weights computed from the Gramian alone"):
+                weighting("nash_mtl", 2, jacobian="features")
+        except PipelineError as e:  # solver missing: that path has its own test
+            assert "needs an optional solver" in str(e)
+    model, x, y, mask = make_problem(2)
+    with pytest.raises(PipelineError, match=r"jacobian=features needs a scheme that exposes shared features"):
+        run_step(weighting("upgrad", 2, jacobian="features"), model, x, y, mask, use_features=False)

@@ -56,6 +56,18 @@ def selection_score(tasks: Sequence[TaskSpec], metrics: dict[str, float]) -> flo
     return sum(scores) / len(scores) if scores else float("nan")
 
 
+def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One step's forward and backward pass (the optimizer's step is the caller's): the per-task
+    losses and the task weights the weighting applied."""
+    outputs, features = net(x)
+    losses = masked_losses(tasks, outputs, y)
+    penalty = net.penalty()
+    if penalty is not None:
+        penalty.backward()
+    weights = weighting.backward(losses, net.shared_parameters(), features, [net.task_parameters(t) for t in range(len(tasks))])
+    return losses, weights
+
+
 class MultitaskModule(L.LightningModule):
     def __init__(self, net, tasks: Sequence[TaskSpec], weighting, optimizer: Callable[..., torch.optim.Optimizer], lr: float,
                  log_gradient_cosine: bool = True) -> None:
@@ -88,14 +100,7 @@ class MultitaskModule(L.LightningModule):
             if self._probe is None:
                 self._probe = (x, y)
             opt.zero_grad(set_to_none=True)
-            outputs, features = self.net(x)
-            losses = masked_losses(self.tasks, outputs, y)
-            penalty = self.net.penalty()
-            if penalty is not None:
-                penalty.backward()
-            weights = self.weighting.backward(
-                losses, self.net.shared_parameters(), features, [self.net.task_parameters(t) for t in range(len(self.tasks))]
-            )
+            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, y)
             opt.step()
             d, w = torch.stack(losses).detach(), weights.detach()
             self._sums = d if self._sums is None else self._sums + d

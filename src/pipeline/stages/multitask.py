@@ -2,9 +2,10 @@
 next to the single-task baseline and classic scikit-learn baselines fitted on the same splits.
 
 One MLflow run per scheme x weighting x seed, all in this process. `scheme`, `weighting` and `seed`
-select one value each (Hydra multirun sweeps them); null runs the experiment's grid, in which a
-weighting that needs shared parameters is skipped for schemes that share none (asked for
-explicitly, that pair is an error). Architecture knobs set to `auto` are chosen on validation data
+select one value each (Hydra multirun sweeps them); null runs the experiment's grid: every scheme
+with equal weights, and every weighting on the schemes in `weightings_on`. A weighting that needs
+shared parameters is skipped for schemes that share none (asked for explicitly, that pair is an
+error). Architecture knobs set to `auto` are chosen on validation data
 from the scheme's `auto_grid`; every candidate is an MLflow run, the chosen one tagged `selected`.
 """
 
@@ -39,9 +40,18 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     from pipeline.multitask.weighting import build, check_compatible
 
     mt = cfg.multitask
-    schemes = pick(cfg.get("scheme"), list(exp.get("schemes") or mt.archs.keys()), "scheme")
-    weightings = pick(cfg.get("weighting"), list(exp.get("weightings") or mt.weightings.keys()), "weighting")
+    # The experiment's own grid (`schemes`, `weightings`; null = all configured), then the selectors.
+    schemes = pick(cfg.get("scheme"), pick(exp.get("schemes"), mt.archs.keys(), "scheme in the experiment's schemes"), "scheme")
+    weightings = pick(cfg.get("weighting"), pick(exp.get("weightings"), mt.weightings.keys(), "weighting in the experiment's weightings"),
+                      "weighting")
     explicit = cfg.get("scheme") is not None and cfg.get("weighting") is not None
+    # Schemes every weighting is tried on; the others train with equal weights only (unless a
+    # scheme is selected by name). Null: the full schemes x weightings product.
+    weightings_on = exp.get("weightings_on", mt.get("weightings_on"))
+    if weightings_on is not None and cfg.get("scheme") is None:
+        weightings_on = pick(weightings_on, mt.archs.keys(), "scheme in weightings_on")
+    else:
+        weightings_on = schemes
     # How many parameters each scheme shares decides which weightings apply; build each net once.
     n_shared = {s: len(instantiate(auto_candidates(mt.archs[s])[0], _partial_=True)(input_dim=input_dim, tasks=tasks).shared_parameters())
                 for s in schemes}
@@ -49,6 +59,8 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     for s, w in itertools.product(schemes, weightings):
         if s == BASELINE[0] and w != BASELINE[1] and not explicit:
             continue  # the baseline is trained once, on plain summed losses
+        if w != BASELINE[1] and s not in weightings_on:
+            continue
         weighting = build(mt.weightings[w], n_tasks=len(tasks))
         try:
             check_compatible(weighting, n_shared[s], s)

@@ -259,6 +259,8 @@ def run_multitask(cfg: DictConfig) -> dict:
         "per_task": {m: {r.task: round(float(r.mean), 4) for r in g.itertuples()} for m, g in stats.groupby("method")},
     }
     write_json(reports / "metrics" / f"{name}.json", metrics_out)
+    with atomic_file(reports / "plots" / f"{name}.csv") as fh:
+        fh.write("method,delta_m\n" + "".join(f"{m},{v}\n" for m, v in metrics_out["delta_m"].items()))
     tracker = Tracker(name, cfg.tracking.uri)
     run_id = tracker.start("report", "all", None, ts.data_hash, params={"n_runs": int(df[["method", "seed"]].drop_duplicates().shape[0]),
                                                                          "baseline": BASELINE})

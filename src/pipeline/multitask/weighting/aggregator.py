@@ -21,8 +21,17 @@ UPGrad and MGDA average (w_t = 1/T without conflict) where `equal` sums, on the 
 only (heads get their full task gradient); Adam-type optimizers are insensitive to it. An
 aggregator with no weighting (e.g. GradDrop) logs NaN weights.
 
-An absent task (loss 0) gives a zero row; Nash-MTL's solver then fails on 1 / (G w)_t and keeps its
-previous weights (torchjd's fallback).
+`jacobian: features` (Sener & Koltun 2018, "MGDA-UB") takes the weights from the Gramian of the
+Jacobian with respect to the shared features Z instead of the shared parameters: each task is
+back-propagated only through its head, w = weighting(J_Z J_Z^T), and one backward pass of
+sum_t w_t grad_Z L_t through the trunk gives J^T w. One trunk pass instead of T, so the cost of a step
+stays near an equal-weights step; the price is that w is computed from an upper-bound proxy of the
+Gramian, not the Gramian itself. Only for aggregators whose weights depend on the Gramian alone.
+
+An absent task (no label in the batch) is left out of the Jacobian and gets weight 0: a zero row
+makes the Gramian singular, on which e.g. Aligned-MTL's eigendecomposition fails. Aggregators sized
+to n_tasks (Nash-MTL) keep a zero row instead; Nash-MTL's solver then fails on 1 / (G w)_t and keeps
+its previous weights (torchjd's fallback).
 
 `aggregator` names a class of `torchjd.aggregation`, case and underscores ignored (`imtl_g` is
 IMTLG); the other keyword arguments are its knobs, lists becoming tensors (`pref_vector`).
@@ -48,15 +57,22 @@ class TorchJD(Weighting):
     needs_shared_grads = True
     uses_shared_grads_to = "aggregates per-task gradients"
 
-    def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", **knobs: Any) -> None:
+    def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", jacobian: str = "params",
+                 **knobs: Any) -> None:
+        from torchjd.aggregation import GramianWeightedAggregator
+
         self.name = str(aggregator)
         super().__init__(n_tasks)
+        if jacobian not in ("params", "features"):
+            raise PipelineError(f"weighting '{self.name}': jacobian must be 'params' or 'features', got {jacobian!r}")
+        self.jacobian = jacobian
         # Jacobian rows back-propagated together (torchjd's knob): None = all, through torch.vmap;
         # "auto" = `rows_at_once(device)`.
         self.parallel_chunk_size = parallel_chunk_size
         cls = _aggregator_class(self.name)
         kwargs = {k: _as_tensor_if_sequence(v) for k, v in knobs.items()}
-        if "n_tasks" in inspect.signature(cls).parameters:
+        self.all_rows = "n_tasks" in inspect.signature(cls).parameters  # sized to T: absent tasks keep a zero row
+        if self.all_rows:
             kwargs["n_tasks"] = self.n_tasks
         try:
             self.aggregator = cls(**kwargs)
@@ -65,6 +81,9 @@ class TorchJD(Weighting):
             raise PipelineError(f"weighting '{self.name}' needs an optional solver: {missing}; install it with: {SOLVERS_HINT}") from None
         except (TypeError, ValueError) as e:
             raise PipelineError(f"weighting '{self.name}': bad knobs {knobs}: {e}") from None
+        if jacobian == "features" and not isinstance(self.aggregator, GramianWeightedAggregator):
+            raise PipelineError(f"weighting '{self.name}': jacobian=features needs weights computed from the Gramian alone, "
+                                f"and {type(self.aggregator).__name__} computes them from the Jacobian; use jacobian=params")
 
     def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
                   features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
@@ -76,22 +95,51 @@ class TorchJD(Weighting):
         chunk = self.parallel_chunk_size
         if chunk == "auto":
             chunk = rows_at_once(losses.device)
-        heads = [ps if p else [] for ps, p in zip(task_params, present.tolist())]  # absent: no .grad
+        rows = torch.ones_like(present) if self.all_rows else present  # the tasks that get a Jacobian row
+        keep = rows.nonzero().flatten().tolist()
+        heads = [task_params[t] if present[t] else [] for t in keep]  # absent: no .grad
+        if self.jacobian == "features":
+            if not features:
+                raise PipelineError(f"weighting '{self.name}' with jacobian=features needs a scheme that exposes shared features")
+            weights = self._backward_features([per_task[t] for t in keep], features, heads, shared_params)
+            return losses.new_zeros(losses.shape).index_copy(0, rows.nonzero().flatten(), weights.to(losses))
         # retain_graph: the losses may share graph nodes after the features (a stack, a joint
         # head), so one task's pass must not free what the next one needs.
         if features:
-            mtl_backward(connected(per_task, present, features[0]), features=features, tasks_params=heads,
-                         shared_params=shared_params, retain_graph=True, parallel_chunk_size=chunk)
+            kept = [connected(per_task, present, features[0])[t] for t in keep]
+            mtl_backward(kept, features=features, tasks_params=heads, shared_params=shared_params, retain_graph=True,
+                         parallel_chunk_size=chunk)
         else:
-            backward(connected(per_task, present, shared_params[0]), inputs=shared_params, retain_graph=True,
-                     parallel_chunk_size=chunk)
+            kept = [connected(per_task, present, shared_params[0])[t] for t in keep]
+            backward(kept, inputs=shared_params, retain_graph=True, parallel_chunk_size=chunk)
             if any(heads):  # each head only sees its own task, so the sum's gradient is that task's
                 torch.autograd.backward(losses.sum(), inputs=[p for ps in heads for p in ps])
         # Summing per-parameter Gramians skips concatenating the Jacobian: less memory, and
         # faster on CPU; only for weights that depend on the Gramian alone.
         gramian_only = isinstance(self.aggregator, GramianWeightedAggregator)
         weights = jac_to_grad(shared_params, self.aggregator, optimize_gramian_computation=gramian_only)
-        return torch.full_like(losses, float("nan")) if weights is None else weights.to(losses)
+        if weights is None:
+            return torch.full_like(losses, float("nan"))
+        return losses.new_zeros(losses.shape).index_copy(0, rows.nonzero().flatten(), weights.to(losses))
+
+    def _backward_features(self, per_task: list[Tensor], features: list[Tensor], heads: list[list[Tensor]],
+                           shared_params: list[Tensor]) -> Tensor:
+        """Weights of the present tasks' losses `per_task` (heads[i]: loss i's own parameters)."""
+        # Plain autograd: torchjd's autojac has no entry point that stops the Jacobian at the features
+        # and then back-propagates one weighted row through the trunk.
+        rows = []
+        for loss, params in zip(per_task, heads):
+            grads = torch.autograd.grad(loss, [*features, *params], retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)] + list(grads[len(features):])
+            for p, g in zip(params, grads[len(features):]):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+            rows.append(torch.cat([g.flatten() for g in grads[:len(features)]]))
+        jac = torch.stack(rows)
+        weights = self.aggregator.gramian_weighting(jac @ jac.T)
+        combined = (weights @ jac).split([f.numel() for f in features])
+        torch.autograd.backward(features, grad_tensors=[c.view_as(f) for c, f in zip(combined, features)], inputs=shared_params)
+        return weights
 
 
 def _aggregator_class(name: str) -> type:
