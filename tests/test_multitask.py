@@ -86,6 +86,8 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     assert {("single_task", "equal"), ("hard", "equal"), ("hard", "upgrad"), ("soft", "equal")} <= methods
     assert ("soft", "upgrad") not in methods  # soft shares no parameters: skipped in the grid
     assert {"ridge_per_task", "ridge_pooled"} <= {r["scheme"] for r in results if r.get("classic")}
+    pooled = next(r for r in results if r["scheme"] == "ridge_pooled")
+    assert pooled["params"]["alpha"] in (0.01, 0.1, 1.0, 10.0, 100.0)  # chosen on the val split
 
     client, runs = mlflow_runs(cfg, "synthetic_related")
     mt = [r for r in runs if r.data.tags["stage"] == "multitask"]
@@ -103,6 +105,12 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
     assert "Δm against the single-task baseline" in md and "ridge_pooled+sklearn" in md
     assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").exists()
+    # One seed: each run's own Δm, logged back onto it, is the table's value.
+    logged = client.get_run(hard_up[0].info.run_id).data.metrics["test/delta_m"]
+    assert logged == pytest.approx(metrics["delta_m"]["hard+upgrad"], abs=1e-3)
+    ridge = client.get_run(pooled["run_id"])  # the classic baselines are MLflow runs too
+    assert ridge.data.tags["scheme"] == "ridge_pooled" and "test/task_0/rmse" in ridge.data.metrics
+    assert ridge.data.metrics["test/delta_m"] == pytest.approx(metrics["delta_m"]["ridge_pooled+sklearn"], abs=1e-3)
 
 
 def _mean_rmse(results, scheme):

@@ -7,6 +7,9 @@ baseline makes any sharing look good, so every multitask result is also set agai
   inputs: a shared slope with per-task intercepts, the fixed-effects analogue of a mixed model with
   a random intercept per task. Only for tasks of one kind (all regression or all classification with
   the same classes).
+
+Each model's regularisation strength is chosen on the validation split from `alphas` (the neural
+models select on the same split); fits use the train split only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 
 from pipeline.data import TaskSpec
 
+ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
 
 def _model(kind: str, alpha: float):
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -24,28 +29,50 @@ def _model(kind: str, alpha: float):
     return Ridge(alpha=alpha) if kind == "regression" else LogisticRegression(C=1.0 / alpha, max_iter=2000)
 
 
-def ridge_per_task(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], train: np.ndarray, alpha: float = 1.0) -> list[np.ndarray]:
-    """Predictions [N] (or class probabilities [N, C]) per task for every row of x."""
-    preds = []
+def _selected(kind: str, x_fit, y_fit, x_val, y_val, alphas: Sequence[float]):
+    """The model fitted on (x_fit, y_fit) whose alpha scores best on the validation rows (MSE, or
+    accuracy for classes), and that alpha; with no validation rows, the middle of the grid."""
+    if len(y_val) == 0:
+        alpha = sorted(alphas)[len(alphas) // 2]
+        return _model(kind, alpha).fit(x_fit, y_fit), alpha
+    best = None
+    for alpha in alphas:
+        model = _model(kind, alpha).fit(x_fit, y_fit)
+        pred = model.predict(x_val)
+        score = -float(np.mean((pred - y_val) ** 2)) if kind == "regression" else float(np.mean(pred == y_val))
+        if best is None or score > best[0]:
+            best = (score, model, alpha)
+    return best[1], best[2]
+
+
+def ridge_per_task(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray],
+                   alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict]:
+    """Predictions [N, 1] (or class probabilities [N, C]) per task for every row of x, and the alphas chosen."""
+    preds, chosen = [], {}
     for t, task in enumerate(tasks):
-        rows = train[~np.isnan(y[train, t])]
-        model = _model(task.kind, alpha).fit(x[rows], y[rows, t])
+        tr, va = (splits[s][~np.isnan(y[splits[s], t])] for s in ("train", "val"))
+        model, chosen[task.name] = _selected(task.kind, x[tr], y[tr, t], x[va], y[va, t], alphas)
         preds.append(_predict(model, task, x))
-    return preds
+    return preds, {"alpha": chosen}
 
 
-def ridge_pooled(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], train: np.ndarray, alpha: float = 1.0) -> list[np.ndarray] | None:
+def ridge_pooled(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray],
+                 alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict] | None:
     kinds = {t.kind for t in tasks}
     if len(kinds) != 1 or (kinds == {"classification"} and len({tuple(t.classes) for t in tasks}) != 1):
         return None
     eye = np.eye(len(tasks), dtype=np.float32)
-    xs, ys = [], []
-    for t in range(len(tasks)):
-        rows = train[~np.isnan(y[train, t])]
-        xs.append(np.hstack([x[rows], np.repeat(eye[t : t + 1], len(rows), 0)]))
-        ys.append(y[rows, t])
-    model = _model(tasks[0].kind, alpha).fit(np.vstack(xs), np.concatenate(ys))
-    return [_predict(model, task, np.hstack([x, np.repeat(eye[t : t + 1], len(x), 0)])) for t, task in enumerate(tasks)]
+
+    def stacked(split: str):
+        xs, ys = [], []
+        for t in range(len(tasks)):
+            rows = splits[split][~np.isnan(y[splits[split], t])]
+            xs.append(np.hstack([x[rows], np.repeat(eye[t : t + 1], len(rows), 0)]))
+            ys.append(y[rows, t])
+        return np.vstack(xs), np.concatenate(ys)
+
+    model, alpha = _selected(tasks[0].kind, *stacked("train"), *stacked("val"), alphas)
+    return [_predict(model, task, np.hstack([x, np.repeat(eye[t : t + 1], len(x), 0)])) for t, task in enumerate(tasks)], {"alpha": alpha}
 
 
 def _predict(model, task: TaskSpec, x: np.ndarray) -> np.ndarray:

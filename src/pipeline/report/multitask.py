@@ -38,7 +38,7 @@ def load(directory: str | Path) -> pd.DataFrame:
             parts = key.split("/")
             if len(parts) == 3:
                 rows.append({"method": method, "seed": r["seed"], "task": parts[1], "metric": parts[2], "value": value,
-                             "classic": bool(r.get("classic"))})
+                             "classic": bool(r.get("classic")), "run_id": r.get("run_id")})
     return pd.DataFrame(rows)
 
 

@@ -85,15 +85,16 @@ def classic(ts, names) -> list[dict]:
     out = []
     test = ts.splits["test"]
     for name in names:
-        preds = getattr(baselines, name)(ts.x, ts.y, ts.tasks, ts.splits["train"])
-        if preds is None:
+        fitted = getattr(baselines, name)(ts.x, ts.y, ts.tasks, ts.splits)
+        if fitted is None:
             continue
+        preds, info = fitted
         outputs = [torch.as_tensor(p[test]) for p in preds]
         # Probabilities are fine for the metrics (argmax), values for regression as they are.
         metrics = per_task_metrics(ts.tasks, outputs, torch.as_tensor(ts.y[test]))
         test_metrics = {f"test/{k}": v for k, v in metrics.items()}
         test_metrics["test/score"] = selection_score(ts.tasks, metrics)
-        out.append({"scheme": name, "weighting": "sklearn", "seed": 0, "test": test_metrics, "classic": True})
+        out.append({"scheme": name, "weighting": "sklearn", "seed": 0, "test": test_metrics, "classic": True, "params": info})
     return out
 
 
@@ -149,6 +150,11 @@ def run(cfg: DictConfig) -> list[dict]:
               f"{chosen['seconds']:5.1f}s", flush=True)
     if cfg.get("scheme") is None and cfg.get("weighting") is None:
         for c in classic(ts, list(mt.classic)):
+            # Deterministic fits: one MLflow run each, next to the neural runs it is compared with.
+            c["run_id"] = tracker.start("multitask", f"{c['scheme']}+sklearn", None, ts.data_hash, params={"classic": c["params"]},
+                                        extra_tags={"scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))})
+            tracker.log_metrics(c["run_id"], c["test"])
+            tracker.finish(c["run_id"])
             results.append(c)
             print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
     # Written once every run has finished, so a failure leaves no partial results behind.

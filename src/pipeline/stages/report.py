@@ -269,6 +269,15 @@ def run_multitask(cfg: DictConfig) -> dict:
     tracker.log_artifact(run_id, results_fig, "figures")
     tracker.log_artifact(run_id, weights_fig, "figures")
     tracker.finish(run_id)
+    # Each multitask run also gets its own Δm (against the baseline at its seed), to sort runs by in the UI.
+    # Classic baselines are fitted once and compared with every baseline seed: they get the mean.
+    neural = df[~df.classic].groupby(["method", "seed"]).run_id.first()
+    for r in dm.itertuples():
+        if (r.method, r.seed) in neural.index and neural[r.method, r.seed]:
+            tracker.log_metrics(neural[r.method, r.seed], {"test/delta_m": r.delta_m})
+    for method, run in df[df.classic].groupby("method").run_id.first().items():
+        if run:
+            tracker.log_metrics(run, {"test/delta_m": classic_dm[method]})
     print(f"report {name}: {md_path}, {results_fig}, {weights_fig}; MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
     return metrics_out
 
