@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -28,7 +28,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be as readable as any file
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; outputs should be as readable as any file
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -45,7 +45,7 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
     except BaseException:
         os.unlink(tmp)
         raise
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
     os.replace(tmp, target)
 
 

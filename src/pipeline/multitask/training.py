@@ -50,8 +50,16 @@ def per_task_metrics(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor],
 
 
 def selection_score(tasks: Sequence[TaskSpec], metrics: dict[str, float]) -> float:
-    """Mean over tasks of accuracy (classification) or R² (regression): comparable, higher is better."""
-    scores = [metrics.get(f"{t.name}/{'acc' if t.kind == 'classification' else 'r2'}") for t in tasks]
+    """Mean over tasks of accuracy (classification) or 1 - MSE in units of the train split's target
+    variance (regression): comparable across tasks, higher is better. Not R²: R² divides by the
+    variance of the few rows a task has in the evaluated split, which is noise when a task has ten
+    validation rows (one school), and model selection would follow that noise."""
+    scores = []
+    for t in tasks:
+        if t.kind == "classification":
+            scores.append(metrics.get(f"{t.name}/acc"))
+        elif f"{t.name}/rmse" in metrics:
+            scores.append(1.0 - (metrics[f"{t.name}/rmse"] / t.scale) ** 2)  # targets were standardised by t.scale
     scores = [s for s in scores if s is not None and math.isfinite(s)]
     return sum(scores) / len(scores) if scores else float("nan")
 

@@ -80,8 +80,13 @@ def weights_over_training(histories: dict[str, list[dict]], path: str | Path, ti
     """Task weights per epoch, one panel per weighting method (first seed), plus gradient cosine."""
     plt = _plt()
     names = list(histories)
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.2), dpi=110, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    ncols = min(4, len(names) + 1)
+    nrows = -(-(len(names) + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), dpi=110, squeeze=False)
+    axes = axes.flatten()
+    for ax in axes[len(names) + 1:]:
+        ax.set_visible(False)
+    for ax, name in zip(axes, names):
         hist = histories[name]
         keys = sorted({k for h in hist for k in h if k.startswith("weight/")})[:max_lines]
         for k in keys:
@@ -90,7 +95,7 @@ def weights_over_training(histories: dict[str, list[dict]], path: str | Path, ti
         ax.set_xlabel("epoch")
         if len(keys) <= 4:
             ax.legend(fontsize=7)
-    cos_ax = axes[0][-1]
+    cos_ax = axes[len(names)]
     for name in names:
         hist = [h for h in histories[name] if "grad/cos_mean" in h]
         if hist:

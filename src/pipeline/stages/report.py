@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict:
 
 def run_transfer(cfg: DictConfig) -> dict:
     from pipeline.data import TaskSpec
-    from pipeline.io import atomic_file, read_json, write_json
+    from pipeline.io import atomic_file, read_json, umask, write_json
     from pipeline.report import load_results, strategy_order
     from pipeline.report.figures import label_efficiency
     from pipeline.tracking import Tracker, tracking_uri
@@ -128,6 +128,7 @@ def run_transfer(cfg: DictConfig) -> dict:
     fig_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_fig = tempfile.mkstemp(suffix=".png", dir=fig_path.parent)
     os.close(fd)
+    os.chmod(tmp_fig, 0o666 & ~umask())  # mkstemp makes 0600
     label_efficiency(stats, primary, tmp_fig, f"{name}: {primary} vs {unit}", ref, "source model, no target labels" if ref is not None else "")
     text = render(name, exp, stats, df, metrics, primary, higher, task, source, knowledge, cfg.tracking.uri,
                   f"figures/{fig_path.name}", unit)
@@ -154,7 +155,8 @@ def run_transfer(cfg: DictConfig) -> dict:
     return metrics_out
 
 
-def render_multitask(name: str, exp, ts, df, dm, stats, classic_dm, histories_fig: str, results_fig: str, mlflow_uri: str) -> str:
+def render_multitask(name: str, exp, ts, df, dm, stats, classic_dm, histories: dict, chosen: dict, histories_fig: str,
+                     results_fig: str, mlflow_uri: str) -> str:
     from pipeline.report import fmt
     from pipeline.report.multitask import BASELINE, primary
 
@@ -172,26 +174,47 @@ def render_multitask(name: str, exp, ts, df, dm, stats, classic_dm, histories_fi
         "",
         "## Δm against the single-task baseline (mean ± std over seeds)",
         "",
-        "| method | Δm (%) | tasks worse than baseline |",
-        "|---|---|---|",
+        "| method | Δm (%) | seeds with Δm > 0 | tasks worse than baseline |",
+        "|---|---|---|---|",
     ]
     worse = stats.groupby("method")["worse"].sum()
-    for method, g in dm.groupby("method"):
-        lines.append(f"| {method} | {fmt(g.delta_m.mean(), g.delta_m.std(ddof=1) if len(g) > 1 else 0.0, 2)} | "
-                     f"{int(worse.get(method, 0))}/{len(ts.tasks)} |")
-    best = dm.groupby("method").delta_m.mean().drop(BASELINE, errors="ignore")
+    mean_dm = dm.groupby("method").delta_m.mean()
+    for method in sorted(mean_dm.index, key=lambda m: (m != BASELINE, -mean_dm[m])):
+        g = dm[dm.method == method].delta_m
+        lines.append(f"| {method} | {fmt(g.mean(), g.std(ddof=1) if len(g) > 1 else 0.0, 2)} | "
+                     f"{'–' if method == BASELINE else f'{int((g > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |")
+    neural = mean_dm.drop([BASELINE, *classic_dm], errors="ignore")
     lines += ["", "## Findings", ""]
-    if len(best):
-        top = best.idxmax()
-        verdict = "helps" if best.max() > 0 else "does not beat the single-task baseline"
-        lines.append(f"- Best joint method: `{top}`, Δm {best.max():+.2f}% — joint training {verdict} here.")
-        losing = [m for m, v in best.items() if v < 0]
+    if len(neural):
+        top = neural.idxmax()
+        wins, n = int((dm[dm.method == top].delta_m > 0).sum()), int((dm.method == top).sum())
+        if neural.max() <= 0:
+            verdict = "no joint method beats the single-task baseline here"
+        elif wins == n:
+            verdict = f"joint training helps here, on every seed ({wins}/{n})"
+        else:
+            verdict = f"ahead on average but on {wins}/{n} seeds only: not a consistent gain"
+        lines.append(f"- Best joint neural method: `{top}`, Δm {neural.max():+.2f}% — {verdict}.")
+        losing = [m for m, v in neural.sort_values().items() if v < 0]
         if losing:
             lines.append(f"- Below the single-task baseline (negative transfer on average): {', '.join(f'`{m}`' for m in losing)}.")
     if classic_dm:
-        lines.append("- Classic baselines against the same single-task network: "
-                     + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items())
-                     + (". A neural method that does not beat these is no better than a linear model here." if any(v > 0 for v in classic_dm.values()) else "."))
+        lines.append("- Classic baselines against the same single-task network: " + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items()) + ".")
+        beaten_by = [m for m, v in classic_dm.items() if len(neural) and v > neural.max()]
+        if beaten_by:
+            lines.append(f"- {', '.join(f'`{m}`' for m in beaten_by)} beats every neural method: here a linear model is the one to beat,"
+                         " and no sharing scheme or weighting does.")
+    equal = [h for h in histories.get("equal", []) if "grad/cos_mean" in h]
+    if equal:
+        cos = [h["grad/cos_mean"] for h in equal]
+        lines.append(f"- Gradient conflict under hard sharing with equal weights (seed {min(seeds)}): the task gradients' mean cosine"
+                     f" on the shared trunk averaged {sum(cos) / len(cos):+.3f} over {len(cos)} epochs (lowest pairwise"
+                     f" {min(h['grad/cos_min'] for h in equal):+.3f}); negative values are the conflict gradient aggregators target.")
+    for method, picks in chosen.items():
+        text = ", ".join(f"{k} = {values}" for k, (values, _) in picks.items())
+        edge = [k for k, (values, grid) in picks.items() if grid and any(v in (min(grid), max(grid)) and v != 0 for v in values)]
+        lines.append(f"- `{method}`: {text} (chosen on validation data, by seed)"
+                     + (f"; {', '.join(edge)} at the edge of its `auto_grid`: widen the grid." if edge else "."))
     tasks = sorted(kinds)
     if len(tasks) <= 12:
         metric_names = {t: primary(kinds[t])[0] for t in tasks}
@@ -229,11 +252,17 @@ def run_multitask(cfg: DictConfig) -> dict:
     stats = per_task(df, kinds)
     classic_methods = sorted(df[df.classic].method.unique())
     classic_dm = {m: float(dm[dm.method == m].delta_m.mean()) for m in classic_methods}
-    histories = {}
-    for f in sorted(paths.multitask.glob("hard+*/seed*.json")):
+    histories, chosen = {}, {}
+    for f in sorted(paths.multitask.glob("*/seed*.json")):
         r = json.loads(f.read_text())
-        if r["seed"] == min(cfg.seeds) and r.get("history"):
+        if r["scheme"] == "hard" and r["seed"] == min(cfg.seeds) and r.get("history"):
             histories[r["weighting"]] = r["history"]
+        # Knobs set to `auto` in the scheme's config: which value validation picked, per seed.
+        autos = [k for k, v in (cfg.multitask.archs.get(r["scheme"]) or {}).items() if v == "auto"]
+        grid = cfg.multitask.archs.get(r["scheme"], {}).get("auto_grid") or {}
+        for k in autos:
+            values, _ = chosen.setdefault(f"{r['scheme']}+{r['weighting']}", {}).setdefault(k, ([], list(grid.get(k, []))))
+            values.append(r["arch"][k])
 
     reports = Path(cfg.paths.reports)
     md_path = reports / f"{name}.md"
@@ -243,8 +272,8 @@ def run_multitask(cfg: DictConfig) -> dict:
     try:
         per_task_results(stats, tmp_dir / results_fig.name, f"{name}: per-task test results")
         weights_over_training(histories, tmp_dir / weights_fig.name, f"{name}: task weights (hard sharing, seed {min(cfg.seeds)})")
-        text = render_multitask(name, exp, ts, df, dm, stats, classic_dm, f"figures/{weights_fig.name}", f"figures/{results_fig.name}",
-                                cfg.tracking.uri)
+        text = render_multitask(name, exp, ts, df, dm, stats, classic_dm, histories, chosen, f"figures/{weights_fig.name}",
+                                f"figures/{results_fig.name}", cfg.tracking.uri)
         results_fig.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(md_path) as fh:
             fh.write(text)
