@@ -25,14 +25,18 @@ def primary(kind: str) -> tuple[str, bool]:
     return ("acc", True) if kind == "classification" else ("rmse", False)
 
 
-def load(directory: str | Path) -> pd.DataFrame:
-    """Long table: one row per method x seed x task x metric."""
+def read_results(directory: str | Path) -> list[dict]:
+    """The multitask stage's result records (one per method x seed), as written."""
     files = sorted(Path(directory).glob("*/seed*.json"))
     if not files:
         raise PipelineError(f"missing upstream output {directory}: no multitask results; run the multitask stage first")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    """Long table: one row per method x seed x task x metric."""
     rows = []
-    for f in files:
-        r = json.loads(f.read_text())
+    for r in records:
         method = f"{r['scheme']}+{r['weighting']}"
         for key, value in r["test"].items():
             parts = key.split("/")

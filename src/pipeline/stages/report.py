@@ -235,26 +235,24 @@ def render_multitask(name: str, exp, ts, df, dm, stats, classic_dm, histories: d
 
 
 def run_multitask(cfg: DictConfig) -> dict:
-    import json
-
     from pipeline.data import TaskSet
     from pipeline.io import atomic_file, write_json
     from pipeline.report.figures import per_task_results, weights_over_training
-    from pipeline.report.multitask import BASELINE, delta_m, load, per_task
+    from pipeline.report.multitask import BASELINE, delta_m, per_task, read_results, table
     from pipeline.tracking import Tracker, tracking_uri
 
     name, exp = experiment(cfg, "multitask")
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
     kinds = {t.name: t.kind for t in ts.tasks}
-    df = load(paths.multitask)
+    records = read_results(paths.multitask)
+    df = table(records)
     dm = delta_m(df, kinds)
     stats = per_task(df, kinds)
     classic_methods = sorted(df[df.classic].method.unique())
     classic_dm = {m: float(dm[dm.method == m].delta_m.mean()) for m in classic_methods}
     histories, chosen = {}, {}
-    for f in sorted(paths.multitask.glob("*/seed*.json")):
-        r = json.loads(f.read_text())
+    for r in records:
         if r["scheme"] == "hard" and r["seed"] == min(cfg.seeds) and r.get("history"):
             histories[r["weighting"]] = r["history"]
         # Knobs set to `auto` in the scheme's config: which value validation picked, per seed.
