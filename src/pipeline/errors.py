@@ -1,5 +1,51 @@
-"""The one exception type users see: the CLI prints it and exits non-zero, with no traceback."""
+"""The one exception type users see, and config instantiation that tells their mistakes from our bugs."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
 
 
 class PipelineError(Exception):
-    """A problem with the user's input (config, data file, upstream output), named precisely."""
+    """A problem with the user's input (config, data file, upstream output), named precisely.
+
+    The CLI prints it as one line and exits 2. Raise it only where input is validated: any other
+    exception is a bug and must keep its traceback.
+    """
+
+
+def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(cfg, **kwargs)` where the user's mistakes become a PipelineError
+    naming `what`: a `_target_` that does not exist, a key the target does not take, or a
+    PipelineError the target raised while validating its arguments. Anything else raised inside the
+    target is a bug in our code and propagates with its cause chain."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_object, instantiate as hydra_instantiate
+
+    target = cfg.get("_target_")
+    try:
+        obj = get_object(str(target))
+    except Exception as exc:  # Hydra raises several types for a path that does not resolve
+        raise PipelineError(f"{what}: _target_ {target!r} cannot be found ({exc.__class__.__name__})") from None
+    check_keys(obj, [str(k) for k in cfg.keys() if not str(k).startswith("_")] + list(kwargs), what)
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, PipelineError):
+            raise PipelineError(f"{what}: {exc.__cause__}") from exc.__cause__
+        raise
+
+
+def check_keys(target: Any, keys: list[str], what: str) -> None:
+    """Fail, naming them, on keys that `target`'s signature does not accept (a misspelt knob would
+    otherwise surface as a TypeError deep inside, or be swallowed by **kwargs further down)."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [k for k in keys if k not in named]
+    if unknown:
+        raise PipelineError(f"{what}: unknown key(s) {unknown} for {getattr(target, '__qualname__', target)}; it takes {named}")

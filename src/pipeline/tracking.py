@@ -1,7 +1,7 @@
 """MLflow conventions in one place: store location, run names, tags, params, lineage.
 
-One MLflow experiment per scenario; run names `<stage>/<strategy>[/k<budget>]/seed<k>`; every run
-tagged with stage, strategy, scenario, seed, git commit and data hash, plus `source_run_id` where a
+One MLflow experiment per scenario; run names `<stage>[/<variant>][/k<budget>][/seed<k>]`; every run
+tagged with stage, scenario, seed, git commit and data hash, plus `source_run_id` where a
 source model was used, so the UI's compare view lines strategies up and lineage can be followed.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-REQUIRED_TAGS = ("stage", "strategy", "scenario", "seed", "git_commit", "data_hash")
+REQUIRED_TAGS = ("stage", "scenario", "seed", "git_commit", "data_hash")  # on every run; stages add theirs
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -46,8 +47,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_name(stage: str, strategy: str, seed: int | None, budget: int | None = None) -> str:
-    parts = [stage, strategy] + ([f"k{budget}"] if budget is not None else []) + ([f"seed{seed}"] if seed is not None else [])
+def digest(obj: Any) -> str:
+    """A short content hash of a JSON-able config: equal configs, equal digests."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_name(stage: str, variant: str | None, seed: int | None, budget: int | None = None) -> str:
+    parts = [stage] + ([variant] if variant else []) + ([f"k{budget}"] if budget is not None else []) + ([f"seed{seed}"] if seed is not None else [])
     return "/".join(parts)
 
 
@@ -70,23 +79,40 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
-    def start(self, stage: str, strategy: str, seed: int | None, data_hash: str, params: Mapping[str, Any] | None = None,
-              budget: int | None = None, source_run_id: str | None = None, extra_tags: Mapping[str, str] | None = None) -> str:
+    def start(self, stage: str, *, variant: str | None = None, seed: int | None = None, data_hash: str,
+              params: Mapping[str, Any] | None = None, budget: int | None = None, source_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+        """A new run named `<stage>[/<variant>][/k<budget>][/seed<k>]`; its id.
+
+        variant: what distinguishes the run within its stage (a strategy, a method); its tag is the
+        caller's business (`tags={"strategy": ...}`), since a strategy and a method are not the same thing.
+        """
         from mlflow.entities import Param
 
-        tags = {"stage": stage, "strategy": strategy, "scenario": self.scenario, "seed": "" if seed is None else str(seed),
-                "git_commit": git_commit(), "data_hash": data_hash}
+        all_tags = {"stage": stage, "scenario": self.scenario, "seed": "" if seed is None else str(seed),
+                    "git_commit": git_commit(), "data_hash": data_hash}
         if budget is not None:
-            tags["budget"] = str(budget)
+            all_tags["budget"] = str(budget)
         if source_run_id:
-            tags["source_run_id"] = source_run_id
-        tags.update(extra_tags or {})
-        run = self.client.create_run(self.experiment_id, run_name=run_name(stage, strategy, seed, budget), tags=tags)
+            all_tags["source_run_id"] = source_run_id
+        all_tags.update(tags or {})
+        run = self.client.create_run(self.experiment_id, run_name=run_name(stage, variant, seed, budget), tags=all_tags)
         run_id = run.info.run_id
         flat = list(flatten(params or {}).items())
         for i in range(0, len(flat), 100):  # MLflow's per-call limit
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
         return run_id
+
+    @contextmanager
+    def run(self, stage: str, **kwargs: Any) -> Iterator[str]:
+        """`start` a run, yield its id, and end it FINISHED, or FAILED if the block raises (then re-raise)."""
+        run_id = self.start(stage, **kwargs)
+        try:
+            yield run_id
+        except BaseException:
+            self.finish(run_id, "FAILED")
+            raise
+        self.finish(run_id)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         import time

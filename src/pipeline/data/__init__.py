@@ -36,6 +36,20 @@ class TaskSpec:
     def n_outputs(self) -> int:
         return len(self.classes) if self.kind == "classification" else 1
 
+    # The task's metrics, its primary one first: what selects models, enters Δm and heads the tables.
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("acc", "f1") if self.kind == "classification" else ("rmse", "r2")
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the primary metric."""
+        return self.kind == "classification"
+
 
 @dataclass
 class TaskSet:

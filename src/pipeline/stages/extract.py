@@ -51,14 +51,14 @@ def run(cfg: DictConfig) -> dict:
             summary["shared_label_space"] = True
             summary["zero_shot_acc"] = float((probs[te].argmax(1) == y[te]).mean())
     tracker = Tracker(name, cfg.tracking.uri)
-    run_id = tracker.start("extract", "source", None, tgt.data_hash, params={"feature_dim": feats.shape[1]}, source_run_id=ckpt["run_id"])
-    tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
-    summary["run_id"] = run_id
-    with atomic_dir(paths.knowledge) as tmp:
-        np.save(tmp / "features.npy", feats.astype(np.float32))
-        np.save(tmp / "probs.npy", probs.astype(np.float32))
-        write_json(tmp / "summary.json", summary)
-    tracker.finish(run_id)
+    with tracker.run("extract", variant="source", data_hash=tgt.data_hash, params={"feature_dim": feats.shape[1]},
+                     source_run_id=ckpt["run_id"]) as run_id:
+        tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
+        summary["run_id"] = run_id
+        with atomic_dir(paths.knowledge) as tmp:
+            np.save(tmp / "features.npy", feats.astype(np.float32))
+            np.save(tmp / "probs.npy", probs.astype(np.float32))
+            write_json(tmp / "summary.json", summary)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
     print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features; {scores}")
     return summary

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import time
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.stages import config_dict, experiment, hydra_entry, layout, pick
+
+
+def run_params(cfg: DictConfig, strategy_name: str) -> dict:
+    """What one strategy's runs are configured with: logged as MLflow params, and digested into each
+    result record so the report can tell results of the current configuration from stale ones."""
+    train_cfg = {k: v for k, v in config_dict(cfg, "trainer", "transfer")["trainer"].items()}
+    train_cfg.update({k: v for k, v in config_dict(cfg, "transfer")["transfer"].items() if k != "strategies"})
+    return config_dict(cfg, "model", "optimizer") | {"transfer": train_cfg, "strategy": config_dict(cfg.transfer.strategies, strategy_name)[strategy_name]}
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -24,7 +32,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.stages.pretrain import split_tensors
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import Tracker, digest
     from pipeline.training import SupervisedModule, fit, selection
     from pipeline.transfer import TransferContext
 
@@ -66,23 +74,19 @@ def run(cfg: DictConfig) -> list[dict]:
                 torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
                 plan = strategy.build(ctx, float(cfg.transfer.lr))
                 inputs = features if plan.inputs == "features" else tgt.x
-                params = config_dict(cfg, "model", "optimizer") | {"transfer": {k_: v for k_, v in train_cfg.items()}, "strategy": OmegaConf.to_container(strategy_cfg)}
+                params = run_params(cfg, strategy_name)
                 uses_source = bool(plan.copied) or plan.inputs == "features"
-                run_id = tracker.start("finetune", strategy_name, seed, tgt.data_hash, params=params, budget=k,
-                                       source_run_id=ckpt["run_id"] if uses_source else None,
-                                       extra_tags={"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else None)
-                start = time.perf_counter()
-                module = SupervisedModule(plan.net, task, plan.param_groups, instantiate(cfg.optimizer), plan.extra_loss)
-                try:
+                with tracker.run("finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k,
+                                 source_run_id=ckpt["run_id"] if uses_source else None,
+                                 tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
+                                 ) as run_id:
+                    start = time.perf_counter()
+                    module = SupervisedModule(plan.net, task, plan.param_groups, instantiate(cfg.optimizer), plan.extra_loss)
                     result = fit(module, split_tensors(tgt, inputs, index), train_cfg, seed, logger=tracker.lightning_logger(run_id))
-                except BaseException:
-                    tracker.finish(run_id, "FAILED")
-                    raise
-                seconds = time.perf_counter() - start
-                tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/n_train": len(index["train"]),
-                                             "fit/n_copied": len(plan.copied), "fit/n_frozen": len(plan.frozen)})
-                tracker.finish(run_id)
-                record = {"strategy": strategy_name, "budget": int(k), "seed": int(seed), "run_id": run_id, "test": result.test,
+                    seconds = time.perf_counter() - start
+                    tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/n_train": len(index["train"]),
+                                                 "fit/n_copied": len(plan.copied), "fit/n_frozen": len(plan.frozen)})
+                record = {"config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}), "strategy": strategy_name, "budget": int(k), "seed": int(seed), "run_id": run_id, "test": result.test,
                           "best_epoch": result.best_epoch, "seconds": round(seconds, 2), "n_train": int(len(index["train"]))}
                 results.append(record)
                 print(f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s", flush=True)

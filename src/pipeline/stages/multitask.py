@@ -17,7 +17,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError
-from pipeline.stages import hydra_entry, layout, pick
+from pipeline.stages import config_dict, hydra_entry, layout, pick
 
 BASELINE = ("single_task", "equal")
 
@@ -98,6 +98,14 @@ def classic(ts, names) -> list[dict]:
     return out
 
 
+def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
+    """The configuration of one scheme x weighting (its `auto` knobs unresolved): digested into each
+    result record so the report can tell results of the current configuration from stale ones."""
+    mt = config_dict(cfg, "multitask")["multitask"]
+    fit_cfg = config_dict(cfg, "trainer")["trainer"] | {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic")}
+    return {"multitask": fit_cfg, "arch": mt["archs"][scheme], "weighting": mt["weightings"][wname], "optimizer": config_dict(cfg, "optimizer")["optimizer"]}
+
+
 def run(cfg: DictConfig) -> list[dict]:
     import torch
     from hydra.utils import instantiate
@@ -108,7 +116,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.training import fit
     from pipeline.multitask.weighting import build
     from pipeline.stages import experiment
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import Tracker, digest
 
     name, exp = experiment(cfg, "multitask")
     paths = layout(cfg, name)
@@ -131,30 +139,29 @@ def run(cfg: DictConfig) -> list[dict]:
             module = MultitaskModule(net, ts.tasks, weighting, instantiate(cfg.optimizer), float(mt.lr))
             params = {"multitask": train_cfg, "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
                       "optimizer": OmegaConf.to_container(cfg.optimizer)}
-            run_id = tracker.start("multitask", f"{scheme}+{wname}", seed, ts.data_hash, params=params,
-                                   extra_tags={"scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))})
-            try:
+            method = f"{scheme}+{wname}"
+            with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params,
+                             tags={"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}) as run_id:
                 res = fit(module, data, train_cfg, seed, logger=tracker.lightning_logger(run_id))
-            except BaseException:
-                tracker.finish(run_id, "FAILED")
-                raise
-            candidates.append({"scheme": scheme, "weighting": wname, "seed": int(seed), "run_id": run_id, "arch": arch,
-                               "test": res.test, "best_val": res.best_val, "best_epoch": res.best_epoch, "history": module.history})
-            tracker.finish(run_id)
+                candidates.append({"scheme": scheme, "weighting": wname, "seed": int(seed), "run_id": run_id, "arch": arch,
+                                   "test": res.test, "best_val": res.best_val, "best_epoch": res.best_epoch, "history": module.history})
         chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
         if len(candidates) > 1:
             tracker.client.set_tag(chosen["run_id"], "selected", "true")
         chosen["seconds"] = round(time.perf_counter() - start, 2)
+        chosen["config_digest"] = digest({**run_params(cfg, scheme, wname), "data_hash": ts.data_hash})
         results.append(chosen)
         print(f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
               f"{chosen['seconds']:5.1f}s", flush=True)
     if cfg.get("scheme") is None and cfg.get("weighting") is None:
         for c in classic(ts, list(mt.classic)):
             # Deterministic fits: one MLflow run each, next to the neural runs it is compared with.
-            c["run_id"] = tracker.start("multitask", f"{c['scheme']}+sklearn", None, ts.data_hash, params={"classic": c["params"]},
-                                        extra_tags={"scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))})
-            tracker.log_metrics(c["run_id"], c["test"])
-            tracker.finish(c["run_id"])
+            method = f"{c['scheme']}+sklearn"
+            with tracker.run("multitask", variant=method, data_hash=ts.data_hash, params={"classic": c["params"]},
+                             tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))}) as run_id:
+                tracker.log_metrics(run_id, c["test"])
+                c["run_id"] = run_id
+            c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
             results.append(c)
             print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
     # Written once every run has finished, so a failure leaves no partial results behind.

@@ -38,21 +38,18 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(seed)
     net = build(arch)
     tracker = Tracker(name, cfg.tracking.uri)
-    run_id = tracker.start("pretrain", "source", seed, src.data_hash, params=config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source})
-    start = time.perf_counter()
-    module = SupervisedModule(net, task, [{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}], instantiate(cfg.optimizer))
-    try:
+    params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
+    with tracker.run("pretrain", variant="source", seed=seed, data_hash=src.data_hash, params=params) as run_id:
+        start = time.perf_counter()
+        module = SupervisedModule(net, task, [{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}], instantiate(cfg.optimizer))
         result = fit(module, split_tensors(src), {**cfg.trainer, **cfg.pretrain}, seed, logger=tracker.lightning_logger(run_id))
-    except BaseException:
-        tracker.finish(run_id, "FAILED")
-        raise
-    seconds = time.perf_counter() - start
-    tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
-    summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": result.test, "best_epoch": result.best_epoch, "seconds": round(seconds, 2)}
-    with atomic_dir(paths.source) as tmp:
-        save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
-        write_json(tmp / "summary.json", summary)
-    tracker.finish(run_id)
+        seconds = time.perf_counter() - start
+        tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
+        summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": result.test, "best_epoch": result.best_epoch,
+                   "seconds": round(seconds, 2)}
+        with atomic_dir(paths.source) as tmp:
+            save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
+            write_json(tmp / "summary.json", summary)
     metric = "acc" if task.kind == "classification" else "rmse"
     print(f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id}")
     return summary

@@ -116,7 +116,8 @@ def run_transfer(cfg: DictConfig) -> dict:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     import json
 
-    task = TaskSpec(**json.loads((paths.data / "target" / "meta.json").read_text())["tasks"][0])
+    meta = json.loads((paths.data / "target" / "meta.json").read_text())
+    task, data_hash = TaskSpec(**meta["tasks"][0]), meta["provenance"]["content_hash"]
     metrics = ["acc", "f1"] if task.kind == "classification" else ["rmse", "r2"]
     primary, higher = metrics[0], task.kind == "classification"
     unit = "labels per class" if task.kind == "classification" else "labelled rows"
@@ -146,11 +147,10 @@ def run_transfer(cfg: DictConfig) -> dict:
         wide.round(4).to_csv(fh)
 
     tracker = Tracker(name, cfg.tracking.uri)
-    run_id = tracker.start("report", "all", None, knowledge.get("source_run_id", ""), params={"n_runs": len(df)},
-                           source_run_id=source["run_id"])
-    tracker.log_artifact(run_id, md_path)
-    tracker.log_artifact(run_id, fig_path, "figures")
-    tracker.finish(run_id)
+    with tracker.run("report", data_hash=data_hash, params={"n_runs": len(df)},
+                     source_run_id=source["run_id"]) as run_id:
+        tracker.log_artifact(run_id, md_path)
+        tracker.log_artifact(run_id, fig_path, "figures")
     print(f"report {name}: {md_path} and {fig_path} ({len(df)} runs); MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
     return metrics_out
 
@@ -289,13 +289,12 @@ def run_multitask(cfg: DictConfig) -> dict:
     with atomic_file(reports / "plots" / f"{name}.csv") as fh:
         fh.write("method,delta_m\n" + "".join(f"{m},{v}\n" for m, v in metrics_out["delta_m"].items()))
     tracker = Tracker(name, cfg.tracking.uri)
-    run_id = tracker.start("report", "all", None, ts.data_hash, params={"n_runs": int(df[["method", "seed"]].drop_duplicates().shape[0]),
-                                                                         "baseline": BASELINE})
-    tracker.log_metrics(run_id, {f"delta_m/{m.replace('+', '.')}": v for m, v in metrics_out["delta_m"].items()})  # MLflow keys allow no "+"
-    tracker.log_artifact(run_id, md_path)
-    tracker.log_artifact(run_id, results_fig, "figures")
-    tracker.log_artifact(run_id, weights_fig, "figures")
-    tracker.finish(run_id)
+    n_runs = int(df[["method", "seed"]].drop_duplicates().shape[0])
+    with tracker.run("report", data_hash=ts.data_hash, params={"n_runs": n_runs, "baseline": BASELINE}) as run_id:
+        tracker.log_metrics(run_id, {f"delta_m/{m.replace('+', '.')}": v for m, v in metrics_out["delta_m"].items()})  # MLflow keys allow no "+"
+        tracker.log_artifact(run_id, md_path)
+        tracker.log_artifact(run_id, results_fig, "figures")
+        tracker.log_artifact(run_id, weights_fig, "figures")
     # Each multitask run also gets its own Δm (against the baseline at its seed), to sort runs by in the UI.
     # Classic baselines are fitted once and compared with every baseline seed: they get the mean.
     neural = df[~df.classic].groupby(["method", "seed"]).run_id.first()
