@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install demo demo-all test params bench bench-weighting mlflow-ui clean
+.PHONY: install demo demo-all test lint format params bench bench-weighting mlflow-ui clean
 
 install: $(STAMP)
 
@@ -29,8 +29,17 @@ demo demo-all: $(STAMP)
 	echo "Open the runs in the MLflow UI (then browse http://127.0.0.1:5000):" && \
 	echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# ruff (configured in pyproject.toml): lint and format check; `make format` rewrites.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 # Regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/.
 params: $(STAMP)
