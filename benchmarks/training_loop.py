@@ -45,8 +45,8 @@ def load_config():
 
 def load_data(cfg):
     """{split: (x, y)} of the default experiment's source task set, split exactly as prepare does."""
+    from pipeline.data.build import build_taskset
     from pipeline.stages import experiment
-    from pipeline.stages.prepare import build_taskset
     from pipeline.stages.pretrain import split_tensors
 
     _, exp = experiment(cfg)

@@ -75,6 +75,51 @@ def test_class_with_fewer_examples_than_budget(make_cfg, tmp_path):
     assert_prepare_fails(table_cfg(make_cfg, src, tgt, budgets="[1,20]"), "class", "k=20", str(tgt))
 
 
+def broken_adapter(**kwargs):
+    """An adapter with a bug: what it raises is ours to fix, not the user's input."""
+    return len(kwargs) / 0
+
+
+def _with_target(cfg, **node):
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        cfg.experiments.mine.target = OmegaConf.create(node)
+    return cfg
+
+
+def test_bug_inside_an_adapter_keeps_its_type_and_traceback(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_=f"{__name__}.broken_adapter", path=str(tgt))
+    with pytest.raises(Exception) as err:
+        prepare.run(cfg)
+    assert not isinstance(err.value, PipelineError), err.value
+    chain = [err.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    assert any(isinstance(e, ZeroDivisionError) for e in chain), chain
+    assert "broken_adapter" in "".join(__import__("traceback").format_exception(err.value))
+    assert not prepare.layout(cfg, "mine").data.exists()
+
+
+def test_misspelt_adapter_key_named(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_="pipeline.data.tables.table", path=str(tgt), target="cultivar", clases=["0", "1", "2"])
+    assert_prepare_fails(cfg, "experiment mine target", "unknown key(s) ['clases']", "classes")
+
+
+def test_unknown_adapter_target_named(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_="pipeline.data.sources.table", path=str(tgt), target="cultivar")
+    assert_prepare_fails(cfg, "experiment mine target", "'pipeline.data.sources.table' cannot be found")
+
+
+def test_transfer_target_with_two_tasks(make_cfg, tmp_path):
+    src, tgt = wine_tables(tmp_path)
+    cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_="pipeline.data.tables.multi_table", path=str(tgt), targets=["cultivar", "alcohol"])
+    assert_prepare_fails(cfg, "experiment mine target", "a transfer target has one task", "['cultivar', 'alcohol']", "multitask experiment")
+
+
 def test_unknown_strategy_lists_valid_ones(tmp_path):
     res = run_cli("finetune", "strategy=nope", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert res.returncode == 2

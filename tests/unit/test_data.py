@@ -1,4 +1,4 @@
-"""Data sources, the MNIST -> UCI mapping, splits, label budgets and the on-disk task set."""
+"""Data sources, the MNIST -> UCI mapping, splits, the one build path, label budgets and the on-disk task set."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import SPLITS, TaskSet, TaskSpec, label_budget, stratified_splits
-from pipeline.data.sources import infer_kind, mnist_sample, table, uci_digits
+from omegaconf import OmegaConf
+
+from pipeline.data import SPLITS, TaskSet, TaskSpec, label_budget
+from pipeline.data.build import build_taskset
+from pipeline.data.digits import mnist_sample, uci_digits
+from pipeline.data.splits import random_splits
+from pipeline.data.tables import infer_kind, multi_table, table
 from pipeline.data.uci import mnist_to_uci, plain_resize
 from pipeline.errors import PipelineError
+
+DIGIT_TASK = TaskSpec("digit", "classification", [str(c) for c in range(10)])
 
 # --------------------------------------------------------------------------------------------------
 # mnist_sample
@@ -31,9 +38,9 @@ def test_mnist_uci8x8_shape_range_and_labels(mnist_uci, mnist_arrays):
     # x = block counts / 16: every value times 16 is an integer count 0..16
     counts = s.x * 16
     np.testing.assert_array_equal(counts, np.round(counts))
-    assert s.task == TaskSpec("digit", "classification", [str(c) for c in range(10)])
-    np.testing.assert_array_equal(s.y, mnist_arrays[1].astype(np.float32))
-    np.testing.assert_array_equal(np.bincount(s.y.astype(int)), [500] * 10)
+    assert s.tasks == [DIGIT_TASK] and s.y.shape == (5000, 1)
+    np.testing.assert_array_equal(s.y[:, 0], mnist_arrays[1].astype(np.float32))
+    np.testing.assert_array_equal(np.bincount(s.y[:, 0].astype(int)), [500] * 10)
     assert s.provenance["representation"] == "uci8x8"
 
 
@@ -41,14 +48,14 @@ def test_mnist_class_subset_is_remapped(mnist_uci, mnist_arrays):
     labels = mnist_arrays[1]
     sub = mnist_sample(classes=[5, 6], representation="uci8x8")
     assert sub.x.shape == (1000, 64)
-    assert sub.task.classes == ["5", "6"]
+    assert sub.tasks[0].classes == ["5", "6"]
     assert set(np.unique(sub.y)) == {0.0, 1.0}
     keep = np.isin(labels, [5, 6])
     np.testing.assert_array_equal(sub.x, mnist_uci.x[keep])
-    np.testing.assert_array_equal(sub.y, (labels[keep] == 6).astype(np.float32))
+    np.testing.assert_array_equal(sub.y[:, 0], (labels[keep] == 6).astype(np.float32))
     # the order given defines the label values
     rev = mnist_sample(classes=[6, 5], representation="uci8x8")
-    assert rev.task.classes == ["6", "5"]
+    assert rev.tasks[0].classes == ["6", "5"]
     np.testing.assert_array_equal(rev.y, 1.0 - sub.y)
 
 
@@ -150,9 +157,9 @@ def test_uci_digits():
     assert s.x.shape == (1797, 64) and s.x.dtype == np.float32
     assert s.x.min() == 0.0 and s.x.max() == 1.0
     assert s.input_shape == [8, 8]
-    assert s.task.classes == [str(c) for c in range(10)] and s.task.n_outputs == 10
+    assert s.tasks == [DIGIT_TASK] and s.tasks[0].n_outputs == 10 and s.y.shape == (1797, 1)
     sub = uci_digits(classes=[9, 0])
-    assert sub.task.classes == ["9", "0"]
+    assert sub.tasks[0].classes == ["9", "0"]
     assert len(sub.x) == int(np.isin(s.y, [0, 9]).sum())
     with pytest.raises(PipelineError, match=r"uci_digits: classes \[10\] do not exist"):
         uci_digits(classes=[10])
@@ -189,11 +196,11 @@ def test_table_classification_inferred_for_integer_labels(tmp_path, wine, suffix
     path = _write(wine, tmp_path / f"wine{suffix}")
     s = table(str(path), target="target")
     feats = [c for c in wine.columns if c != "target"]
-    assert s.task == TaskSpec("target", "classification", ["0", "1", "2"])
+    assert s.tasks == [TaskSpec("target", "classification", ["0", "1", "2"])]
     assert s.feature_names == feats and s.input_shape == [13]
     assert s.x.shape == (178, 13) and s.x.dtype == np.float32
     np.testing.assert_allclose(s.x, wine[feats].to_numpy(np.float32))
-    np.testing.assert_array_equal(s.y, wine["target"].to_numpy(np.float32))
+    np.testing.assert_array_equal(s.y[:, 0], wine["target"].to_numpy(np.float32))
     assert s.provenance["file"] == str(path) and len(s.provenance["file_sha256"]) == 16
 
 
@@ -201,21 +208,21 @@ def test_table_classification_inferred_for_integer_labels(tmp_path, wine, suffix
 def test_table_regression_inferred_for_float_target(tmp_path, diabetes, suffix):
     path = _write(diabetes, tmp_path / f"diabetes{suffix}")
     s = table(str(path), target="target")
-    assert s.task.kind == "regression" and s.task.n_outputs == 1
+    assert [t.kind for t in s.tasks] == ["regression"] and s.tasks[0].n_outputs == 1
     assert s.x.shape == (442, 10)
-    np.testing.assert_allclose(s.y, diabetes["target"].to_numpy(np.float32))
+    np.testing.assert_allclose(s.y[:, 0], diabetes["target"].to_numpy(np.float32))
 
 
 def test_table_classes_fix_label_order(tmp_path, wine):
     path = _write(wine, tmp_path / "wine.csv")
     s = table(str(path), target="target", classes=["2", "1", "0"])
-    assert s.task.classes == ["2", "1", "0"]
-    np.testing.assert_array_equal(s.y, 2 - wine["target"].to_numpy(np.float32))
+    assert s.tasks[0].classes == ["2", "1", "0"]
+    np.testing.assert_array_equal(s.y[:, 0], 2 - wine["target"].to_numpy(np.float32))
     # string labels: sorted by default
     named = wine.assign(target=wine["target"].map({0: "cv_a", 1: "cv_b", 2: "cv_c"}))
     s2 = table(str(_write(named, tmp_path / "named.parquet")), target="target")
-    assert s2.task.classes == ["cv_a", "cv_b", "cv_c"]
-    np.testing.assert_array_equal(s2.y, wine["target"].to_numpy(np.float32))
+    assert s2.tasks[0].classes == ["cv_a", "cv_b", "cv_c"]
+    np.testing.assert_array_equal(s2.y[:, 0], wine["target"].to_numpy(np.float32))
 
 
 def test_table_label_outside_declared_classes(tmp_path, wine):
@@ -293,7 +300,7 @@ def test_table_unreadable_parquet_names_file(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# stratified_splits
+# random_splits (the one split function) for one classification task
 
 
 @pytest.fixture(scope="module")
@@ -303,35 +310,44 @@ def digits_y() -> np.ndarray:
     return load_digits().target.astype(np.float32)
 
 
-def test_stratified_splits_partition_and_stratify(digits_y):
-    s = stratified_splits(digits_y, "classification", val=0.25, test=0.3, seed=0)
+def _class_splits(y: np.ndarray, seed: int = 0, val: float = 0.25, test: float = 0.3) -> dict[str, np.ndarray]:
+    splits, how = random_splits(y[:, None], [DIGIT_TASK], val, test, seed)
+    assert how == "class"
+    return splits
+
+
+def test_random_splits_partition_and_stratify_by_class(digits_y):
+    s = _class_splits(digits_y)
     assert set(s) == set(SPLITS)
     parts = [set(s[k].tolist()) for k in SPLITS]
     assert sum(len(p) for p in parts) == len(digits_y)
     assert set().union(*parts) == set(range(len(digits_y)))
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert len(s["test"]) == pytest.approx(0.3 * len(digits_y), abs=1)
-    assert len(s["val"]) == pytest.approx(0.25 * len(digits_y), abs=1)
+    # each class of n rows gives round(0.3 n) to test and round(0.25 n) to val
+    for c in range(10):
+        n = int((digits_y == c).sum())
+        assert (digits_y[s["test"]] == c).sum() == int(np.floor(0.3 * n + 0.5)), c
+        assert (digits_y[s["val"]] == c).sum() == int(np.floor(0.25 * n + 0.5)), c
+    assert len(s["test"]) == pytest.approx(0.3 * len(digits_y), abs=5)  # at most half a row per class off
     for k in SPLITS:
         assert set(np.unique(digits_y[s[k]])) == set(range(10)), k
         assert np.all(np.diff(s[k]) > 0)  # sorted
 
 
-def test_stratified_splits_deterministic_per_seed(digits_y):
-    a = stratified_splits(digits_y, "classification", 0.25, 0.3, seed=3)
-    b = stratified_splits(digits_y, "classification", 0.25, 0.3, seed=3)
-    c = stratified_splits(digits_y, "classification", 0.25, 0.3, seed=4)
+def test_random_splits_deterministic_per_seed(digits_y):
+    a, b, c = _class_splits(digits_y, seed=3), _class_splits(digits_y, seed=3), _class_splits(digits_y, seed=4)
     for k in SPLITS:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["test"], c["test"])
 
 
-def test_stratified_splits_regression_and_error():
-    y = np.linspace(0, 1, 100, dtype=np.float32)
-    s = stratified_splits(y, "regression", 0.2, 0.2, seed=0)
+def test_random_splits_regression_and_error():
+    y = np.linspace(0, 1, 100, dtype=np.float32)[:, None]
+    s, how = random_splits(y, [TaskSpec("r", "regression")], 0.2, 0.2, seed=0)
+    assert how == "none" and {k: len(s[k]) for k in SPLITS} == {"train": 60, "val": 20, "test": 20}
     assert sorted(np.concatenate([s[k] for k in SPLITS]).tolist()) == list(range(100))
-    with pytest.raises(PipelineError, match=r"cannot split 4 samples into val=0.25, test=0.3"):
-        stratified_splits(np.array([0, 0, 0, 1], dtype=np.float32), "classification", 0.25, 0.3, seed=0)
+    with pytest.raises(PipelineError, match=r"val=0.25 and test=0.0 must be positive"):
+        random_splits(y, [TaskSpec("r", "regression")], 0.25, 0.0, seed=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,7 +356,7 @@ def test_stratified_splits_regression_and_error():
 
 @pytest.fixture(scope="module")
 def pool(digits_y) -> np.ndarray:
-    return stratified_splits(digits_y, "classification", 0.25, 0.3, seed=0)["train"]
+    return _class_splits(digits_y)["train"]
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -406,9 +422,9 @@ def taskset(digits_y) -> TaskSet:
     s = uci_digits()
     return TaskSet(
         x=s.x,
-        y=s.y[:, None],
-        tasks=[s.task],
-        splits=stratified_splits(s.y, "classification", 0.25, 0.3, seed=0),
+        y=s.y,
+        tasks=s.tasks,
+        splits=_class_splits(s.y[:, 0]),
         input_shape=s.input_shape,
         provenance={"adapter": "uci_digits"},
     )
@@ -450,3 +466,72 @@ def test_taskset_load_missing_dir_names_path(tmp_path):
     missing = tmp_path / "artifacts" / "target"
     with pytest.raises(PipelineError, match=re.escape(str(missing))):
         TaskSet.load(missing)
+
+
+# --------------------------------------------------------------------------------------------------
+# build_taskset: one path for a transfer source or target and a multitask set
+
+SPLIT = OmegaConf.create({"val": 0.25, "test": 0.3, "seed": 0})
+
+
+def _built(adapter: str, **kw) -> TaskSet:
+    return build_taskset(OmegaConf.create({"_target_": f"pipeline.data.tables.{adapter}", **kw}), SPLIT, "target")
+
+
+@pytest.mark.parametrize("frame, kind, how", [("wine", "classification", "class"), ("diabetes", "regression", "none")])
+def test_one_task_table_same_taskset_via_table_and_multi_table(tmp_path, request, frame, kind, how):
+    path = str(_write(request.getfixturevalue(frame), tmp_path / f"{frame}.csv"))
+    one = _built("table", path=path, target="target")
+    multi = _built("multi_table", path=path, targets=["target"])
+    assert one.tasks == multi.tasks and [t.kind for t in one.tasks] == [kind]
+    np.testing.assert_array_equal(one.x, multi.x)
+    np.testing.assert_array_equal(one.y, multi.y)
+    for k in SPLITS:
+        np.testing.assert_array_equal(one.splits[k], multi.splits[k])
+    assert one.content_hash() == multi.content_hash()
+    assert one.provenance["split_stratified_by"] == multi.provenance["split_stratified_by"] == how
+    assert (one.provenance["adapter"], multi.provenance["adapter"]) == ("table", "multi_table")
+
+
+def test_standardisation_uses_train_split_statistics_only(tmp_path, diabetes):
+    path = _write(diabetes, tmp_path / "diabetes.csv")
+    ts = _built("table", path=str(path), target="target")
+    train = ts.splits["train"]
+    raw_x, raw_y = diabetes.drop(columns="target").to_numpy(np.float32), diabetes["target"].to_numpy(np.float32)
+    task = ts.tasks[0]
+    assert task.offset == pytest.approx(raw_y[train].mean(), rel=1e-6) and task.scale == pytest.approx(raw_y[train].std(), rel=1e-6)
+    np.testing.assert_allclose(ts.y[:, 0] * task.scale + task.offset, raw_y, rtol=1e-5)
+    np.testing.assert_allclose(ts.x[train].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(ts.x[train].std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(ts.x, (raw_x - raw_x[train].mean(0)) / raw_x[train].std(0), atol=1e-4)
+    # Changing every val and test row (features and targets) leaves the train rows and the statistics as they were.
+    held_out = np.setdiff1d(np.arange(len(diabetes)), train)
+    shifted = diabetes.copy()
+    shifted.iloc[held_out] = shifted.iloc[held_out] * 10 + 1000
+    other = _built("table", path=str(_write(shifted, tmp_path / "shifted.csv")), target="target")
+    np.testing.assert_array_equal(other.splits["train"], train)
+    assert other.tasks == ts.tasks
+    np.testing.assert_array_equal(other.x[train], ts.x[train])
+    np.testing.assert_array_equal(other.y[train], ts.y[train])
+    assert not np.allclose(other.x[held_out], ts.x[held_out])
+
+
+def test_transfer_target_from_a_one_task_multi_table_prepares_like_table(make_cfg, tmp_path, wine):
+    from omegaconf import open_dict
+
+    from pipeline.stages import layout, prepare
+
+    src = _write(wine.iloc[::2], tmp_path / "source.csv")
+    tgt = _write(wine.iloc[1::2], tmp_path / "target.csv")
+    cfg = make_cfg("+experiment@experiments.mine=my_tables", "exp=mine", f"experiments.mine.source.path={src}",
+                   f"experiments.mine.target.path={tgt}", "experiments.mine.source.target=target", "experiments.mine.target.target=target",
+                   "experiments.mine.source.classes=null", "experiments.mine.target.classes=null", "experiments.mine.budgets=[1,3]")
+    first = prepare.run(cfg)
+    as_table = TaskSet.load(layout(cfg, "mine").data / "target")
+    assert as_table.provenance["role"] == "target" and as_table.provenance["split_stratified_by"] == "class"
+    with open_dict(cfg):
+        cfg.experiments.mine.target = OmegaConf.create({"_target_": "pipeline.data.tables.multi_table", "path": str(tgt), "targets": ["target"]})
+    again = prepare.run(cfg)
+    as_multi = TaskSet.load(layout(cfg, "mine").data / "target")
+    assert again["target"]["hash"] == first["target"]["hash"] == as_multi.data_hash
+    assert as_multi.tasks == as_table.tasks and as_multi.provenance["adapter"] == "multi_table"

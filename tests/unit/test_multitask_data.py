@@ -12,15 +12,20 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.data import SPLITS, TaskSet
-from pipeline.data.multitask import DIGIT, exam_schools, multi_table, multimnist, star, synthetic_linear
+from pipeline.data.build import build_taskset
+from pipeline.data.digits import DIGIT, multimnist
+from pipeline.data.mlmrev import exam_schools, star
+from pipeline.data.splits import random_splits
+from pipeline.data.synthetic import synthetic_linear
+from pipeline.data.tables import multi_table
 from pipeline.errors import PipelineError
-from pipeline.stages.prepare import build_multitask_set, random_splits
 
 SPLIT = OmegaConf.create({"val": 0.15, "test": 0.15, "seed": 0})
+MODULE = {"multimnist": "digits", "exam_schools": "mlmrev", "star": "mlmrev", "synthetic_linear": "synthetic", "multi_table": "tables"}
 
 
 def _cfg(target: str, **kw):
-    return OmegaConf.create({"_target_": f"pipeline.data.multitask.{target}", **kw})
+    return OmegaConf.create({"_target_": f"pipeline.data.{MODULE[target]}.{target}", **kw})
 
 
 def _labelled(y: np.ndarray) -> np.ndarray:
@@ -159,7 +164,7 @@ def test_exam_min_pupils_drops_small_schools():
 
 
 def test_exam_prepared_targets_standardised_per_school():
-    ts = build_multitask_set(_cfg("exam_schools"), SPLIT, "exam")
+    ts = build_taskset(_cfg("exam_schools"), SPLIT, "multitask", "experiment exam")
     train = ts.splits["train"]
     raw = exam_schools()
     for t, task in enumerate(ts.tasks):
@@ -393,7 +398,7 @@ def test_multi_table_nan_task_column_named(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# splits and label checks in prepare
+# splits and label checks in build_taskset
 
 
 def test_random_splits_stratify_by_task_when_one_label_per_row():
@@ -416,10 +421,22 @@ def test_prepare_task_without_label_in_a_split_names_task_split_and_file(tmp_pat
     path = _write(df, tmp_path / "wide.csv")
     cfg = _cfg("multi_table", path=str(path), targets=["price", "rare"], features=["a", "b"])
     with pytest.raises(PipelineError) as err:
-        build_multitask_set(cfg, OmegaConf.create({"val": 0.2, "test": 0.2, "seed": 0}), "mine")
+        build_taskset(cfg, OmegaConf.create({"val": 0.2, "test": 0.2, "seed": 0}), "multitask", "experiment mine")
     msg = str(err.value)
     assert "experiment mine" in msg and str(path) in msg and "task 'rare'" in msg
     assert re.search(r"no labelled example in the (train|val|test) split", msg) and "2 labelled rows" in msg
+
+
+def test_prepare_class_missing_from_the_train_split_named(tmp_path, wide):
+    df = wide.copy()
+    df["kind"] = np.where(np.arange(len(df)) % 2, "even", "odd")
+    df.loc[[0, 1], "kind"] = "rare"  # two rows, stratified by class: floor(0.25 * 2 + 0.5) = 1 to test, 1 to val, none to train
+    path = _write(df, tmp_path / "wide.csv")
+    cfg = _cfg("multi_table", path=str(path), targets=["kind"], features=["a", "b"])
+    with pytest.raises(PipelineError) as err:
+        build_taskset(cfg, OmegaConf.create({"val": 0.25, "test": 0.25, "seed": 0}), "multitask", "experiment mine")
+    msg = str(err.value)
+    assert str(path) in msg and "task 'kind'" in msg and "classes ['rare'] have no labelled example in the train split" in msg
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
-"""The prepared task set: what every stage after `prepare` reads instead of raw data.
+"""The data model: what an adapter returns (`Source`) and the prepared task set every stage after
+`prepare` reads instead of raw data (`TaskSet`).
 
-On disk a task set is a directory with `arrays.npz` (inputs, label matrix, split indices) and
+Adapters (one origin each) live in `digits`, `mlmrev`, `synthetic` and `tables`; `build.build_taskset`
+turns any Source into a split, standardised TaskSet, for a transfer source or target (one task) and a
+multitask experiment (several) alike. On disk a task set is a directory with `arrays.npz` (inputs, label matrix, split indices) and
 `meta.json` (task specs, input shape, provenance with content hash). Labels form an N x T matrix,
 one column per task, NaN where a sample has no label for that task.
 """
@@ -52,6 +55,22 @@ class TaskSpec:
 
 
 @dataclass
+class Source:
+    """One origin's samples before splitting: inputs and one label column per task."""
+
+    x: np.ndarray  # float32 [N, D]
+    y: np.ndarray  # float32 [N, T], class index or value, NaN = unlabelled
+    tasks: list[TaskSpec]
+    input_shape: list[int]
+    provenance: dict = field(default_factory=dict)  # JSON-safe: it is saved with the task set
+    splits: dict[str, np.ndarray] | None = None  # fixed by the construction; else prepare draws them
+    feature_names: list[str] | None = None
+    standardize: bool = False  # z-score features with train-split statistics
+    groups: np.ndarray | None = None  # rows of one group (e.g. one pupil's years) go to one split
+    rows: dict[str, np.ndarray] | None = None  # per-row construction record, for audits; not saved
+
+
+@dataclass
 class TaskSet:
     x: np.ndarray  # float32 [N, D]
     y: np.ndarray  # float32 [N, T], NaN = unlabelled
@@ -98,21 +117,6 @@ class TaskSet:
     @property
     def data_hash(self) -> str:
         return self.provenance.get("content_hash") or self.content_hash()
-
-
-def stratified_splits(y: np.ndarray, kind: str, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
-    """Fixed train/val/test indices; stratified by class so every split sees every class."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    strat = y if kind == "classification" else None
-    try:
-        rest, test_idx = train_test_split(idx, test_size=test, random_state=seed, stratify=strat)
-        strat_rest = y[rest] if kind == "classification" else None
-        train_idx, val_idx = train_test_split(rest, test_size=val / (1.0 - test), random_state=seed, stratify=strat_rest)
-    except ValueError as exc:
-        raise PipelineError(f"cannot split {len(y)} samples into val={val}, test={test}: {exc}") from None
-    return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
 
 
 def label_budget(y: np.ndarray, pool: np.ndarray, kind: str, k: int, seed: int, where: str = "train split") -> np.ndarray:
