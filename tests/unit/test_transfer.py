@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.models import Net, architecture, build, load_checkpoint, load_matching, save_checkpoint
+from pipeline.models import Net, architecture, build, load_checkpoint, load_matching, save_checkpoint, under
 from pipeline.transfer import TransferContext, TransferPlan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,8 +115,40 @@ def test_every_configured_strategy_gives_a_consistent_plan(conf, source):
     assert plan.net is not None and isinstance(plan.net, Net)
 
 
-def test_strategy_files_exist():
-    assert {p.stem for p in TRANSFER_CONFS} >= {"scratch", "param_transfer", "structure_transfer", "feature_retrain"}
+def varied(cfg) -> dict:
+    """Non-default values for the knobs `cfg` has: the layer lists name the second block, the scale 0.25."""
+    knobs = {"transfer": ["backbone.blocks.1"], "copy": ["backbone.blocks.1"], "freeze": ["backbone.blocks.1"], "source_lr_scale": 0.25}
+    return {k: v for k, v in knobs.items() if k in cfg}
+
+
+@pytest.mark.parametrize("variant", ["default", "varied"])
+@pytest.mark.parametrize("conf", TRANSFER_CONFS, ids=[p.stem for p in TRANSFER_CONFS])
+def test_every_configured_strategy_does_what_its_config_promises(conf, variant, source):
+    """The layers listed in `transfer` (param_transfer) or `copy` (structure_transfer) start from the
+    source and no other does; `freeze` layers are fixed; transferred layers train at lr x
+    `source_lr_scale`, every other trainable one at lr. Without those keys: nothing copied or frozen."""
+    cfg = OmegaConf.load(conf)
+    cfg = OmegaConf.merge(cfg, varied(cfg)) if variant == "varied" else cfg
+    ctx = context(source)
+    torch.manual_seed(0)
+    plan = instantiate(cfg).build(ctx, LR)
+    assert_plan_consistent(plan, source["state_dict"], ctx)
+    names = [n for n, _ in plan.net.named_parameters()]
+    assert sorted(plan.copied) == sorted(n for n in names if under(n, list(cfg.get("transfer", cfg.get("copy", [])))))
+    assert sorted(plan.frozen) == sorted(n for n in names if under(n, list(cfg.get("freeze", []))))
+    scale = cfg.get("source_lr_scale", 1.0)
+    for n in names:
+        if n in plan.frozen:
+            assert plan.lr_of(n) is None, n
+        else:
+            assert plan.lr_of(n) == pytest.approx(LR * scale if n in plan.copied else LR), n
+
+
+def test_the_baseline_strategy_is_configured_and_uses_nothing_from_the_source(source):
+    baseline = OmegaConf.load(REPO / "conf" / "config.yaml").transfer.baseline
+    assert baseline in {p.stem for p in TRANSFER_CONFS}
+    plan = strategy(baseline).build(context(source), LR)
+    assert plan.copied == [] and plan.frozen == [] and plan.inputs == "raw"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, instantiate
 
 
 class Weighting(nn.Module):
@@ -106,19 +106,17 @@ def weighted_sum_backward(losses: Tensor, weights: Tensor) -> Tensor:
 
 
 def build(cfg: Any, n_tasks: int) -> Weighting:
-    """The weighting a `conf/multitask/weighting/` config describes, for `n_tasks` tasks; a bad
-    value surfaces as the PipelineError that names it, not as Hydra's wrapper."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    """The weighting a `conf/multitask/weighting/` config describes, for `n_tasks` tasks. A bad
+    `_target_`, an unknown key or a value the constructor rejects is a PipelineError naming it; any
+    other exception from a constructor is a bug and keeps its traceback and type."""
+    from omegaconf import OmegaConf
 
-    try:
-        weighting = instantiate(cfg, n_tasks=n_tasks)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, PipelineError):
-            raise exc.__cause__ from None
-        raise PipelineError(f"weighting {cfg.get('_target_')!r}: {exc}") from None
+    spec = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    # Hydra checks the target and keys; the constructor runs here, not inside Hydra, which would wrap
+    # a bug's exception in its InstantiationException.
+    weighting = instantiate({**spec, "_partial_": True}, "weighting config")(n_tasks=n_tasks)
     if not isinstance(weighting, Weighting):
-        raise PipelineError(f"weighting {cfg.get('_target_')!r} is not a pipeline.multitask.weighting.Weighting")
+        raise PipelineError(f"weighting config: _target_ {cfg.get('_target_')!r} is not a pipeline.multitask.weighting.Weighting")
     return weighting
 
 

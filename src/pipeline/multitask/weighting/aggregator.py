@@ -42,12 +42,13 @@ IMTLG); the other keyword arguments are its knobs, lists becoming tensors (`pref
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, check_keys
 from pipeline.multitask.weighting import Weighting, connected, rows_at_once
 
 SOLVERS_HINT = "pip install 'pipeline[solvers]'"
@@ -70,6 +71,7 @@ class TorchJD(Weighting):
         # "auto" = `rows_at_once(device)`.
         self.parallel_chunk_size = parallel_chunk_size
         cls = _aggregator_class(self.name)
+        check_keys(cls, list(knobs), f"weighting '{self.name}'")
         kwargs = {k: _as_tensor_if_sequence(v) for k, v in knobs.items()}
         self.all_rows = "n_tasks" in inspect.signature(cls).parameters  # sized to T: absent tasks keep a zero row
         if self.all_rows:
@@ -77,50 +79,63 @@ class TorchJD(Weighting):
         try:
             self.aggregator = cls(**kwargs)
         except ImportError as e:  # torchjd checks its optional solvers at construction
+            if "to be installed" not in str(e):  # not that check: a broken install or a bug
+                raise
             missing = str(e).split(". Install")[0]  # torchjd's own hint names its extra, not ours
-            raise PipelineError(f"weighting '{self.name}' needs an optional solver: {missing}; install it with: {SOLVERS_HINT}") from None
-        except (TypeError, ValueError) as e:
-            raise PipelineError(f"weighting '{self.name}': bad knobs {knobs}: {e}") from None
+            raise PipelineError(f"weighting '{self.name}' needs an optional solver: {missing}; install it with: {SOLVERS_HINT}") from e
+        except ValueError as e:  # torchjd validates its knobs' values and names the one it rejects
+            named = [k for k in knobs if re.search(rf"\b{re.escape(k)}\b", str(e))]
+            if not named:
+                raise
+            raise PipelineError(f"weighting '{self.name}': bad value for {', '.join(f'{k}={knobs[k]!r}' for k in named)}: {e}") from e
         if jacobian == "features" and not isinstance(self.aggregator, GramianWeightedAggregator):
             raise PipelineError(f"weighting '{self.name}': jacobian=features needs weights computed from the Gramian alone, "
                                 f"and {type(self.aggregator).__name__} computes them from the Jacobian; use jacobian=params")
 
     def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
                   features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
-        from torchjd.aggregation import GramianWeightedAggregator
-        from torchjd.autojac import backward, jac_to_grad, mtl_backward
-
         if not shared_params:
             raise PipelineError(f"weighting '{self.name}' needs shared parameters; the scheme has none")
         chunk = self.parallel_chunk_size
         if chunk == "auto":
             chunk = rows_at_once(losses.device)
         rows = torch.ones_like(present) if self.all_rows else present  # the tasks that get a Jacobian row
-        keep = rows.nonzero().flatten().tolist()
-        heads = [task_params[t] if present[t] else [] for t in keep]  # absent: no .grad
+        index = rows.nonzero().flatten()
+        keep = index.tolist()
+        has_labels = present.tolist()
+        heads = [task_params[t] if has_labels[t] else [] for t in keep]  # absent: no .grad
         if self.jacobian == "features":
             if not features:
                 raise PipelineError(f"weighting '{self.name}' with jacobian=features needs a scheme that exposes shared features")
             weights = self._backward_features([per_task[t] for t in keep], features, heads, shared_params)
-            return losses.new_zeros(losses.shape).index_copy(0, rows.nonzero().flatten(), weights.to(losses))
+        else:
+            weights = self._backward_params(losses, [per_task[t] for t in keep], present[index], features, heads, shared_params, chunk)
+            if weights is None:
+                return torch.full_like(losses, float("nan"))
+        return losses.new_zeros(losses.shape).index_copy(0, index, weights.to(losses))
+
+    def _backward_params(self, losses: Tensor, kept: list[Tensor], present: Tensor, features: list[Tensor] | None,
+                         heads: list[list[Tensor]], shared_params: list[Tensor], chunk: int | None) -> Tensor | None:
+        """The Jacobian of the kept losses `kept` (`present[i]`: loss i's task has labels) on the shared
+        parameters, aggregated into their `.grad`; heads[i]: loss i's own parameters. Returns w, or
+        None for an aggregator without a weighting."""
+        from torchjd.aggregation import GramianWeightedAggregator
+        from torchjd.autojac import backward, jac_to_grad, mtl_backward
+
+        kept = connected(kept, present, features[0] if features else shared_params[0])
         # retain_graph: the losses may share graph nodes after the features (a stack, a joint
         # head), so one task's pass must not free what the next one needs.
         if features:
-            kept = [connected(per_task, present, features[0])[t] for t in keep]
             mtl_backward(kept, features=features, tasks_params=heads, shared_params=shared_params, retain_graph=True,
                          parallel_chunk_size=chunk)
         else:
-            kept = [connected(per_task, present, shared_params[0])[t] for t in keep]
             backward(kept, inputs=shared_params, retain_graph=True, parallel_chunk_size=chunk)
             if any(heads):  # each head only sees its own task, so the sum's gradient is that task's
                 torch.autograd.backward(losses.sum(), inputs=[p for ps in heads for p in ps])
         # Summing per-parameter Gramians skips concatenating the Jacobian: less memory, and
         # faster on CPU; only for weights that depend on the Gramian alone.
         gramian_only = isinstance(self.aggregator, GramianWeightedAggregator)
-        weights = jac_to_grad(shared_params, self.aggregator, optimize_gramian_computation=gramian_only)
-        if weights is None:
-            return torch.full_like(losses, float("nan"))
-        return losses.new_zeros(losses.shape).index_copy(0, rows.nonzero().flatten(), weights.to(losses))
+        return jac_to_grad(shared_params, self.aggregator, optimize_gramian_computation=gramian_only)
 
     def _backward_features(self, per_task: list[Tensor], features: list[Tensor], heads: list[list[Tensor]],
                            shared_params: list[Tensor]) -> Tensor:
@@ -130,11 +145,11 @@ class TorchJD(Weighting):
         rows = []
         for loss, params in zip(per_task, heads):
             grads = torch.autograd.grad(loss, [*features, *params], retain_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(f) if g is None else g for f, g in zip(features, grads)] + list(grads[len(features):])
-            for p, g in zip(params, grads[len(features):]):
-                if g is not None:
+            on_features, on_params = grads[:len(features)], grads[len(features):]
+            rows.append(torch.cat([(torch.zeros_like(f) if g is None else g).flatten() for f, g in zip(features, on_features)]))
+            for p, g in zip(params, on_params):
+                if g is not None:  # a head parameter its loss does not reach gets no .grad, as with autograd
                     p.grad = g if p.grad is None else p.grad + g
-            rows.append(torch.cat([g.flatten() for g in grads[:len(features)]]))
         jac = torch.stack(rows)
         weights = self.aggregator.gramian_weighting(jac @ jac.T)
         combined = (weights @ jac).split([f.numel() for f in features])
