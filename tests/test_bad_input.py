@@ -91,13 +91,8 @@ def _with_target(cfg, **node):
 def test_bug_inside_an_adapter_keeps_its_type_and_traceback(make_cfg, tmp_path):
     src, tgt = wine_tables(tmp_path)
     cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_=f"{__name__}.broken_adapter", path=str(tgt))
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ZeroDivisionError) as err:
         prepare.run(cfg)
-    assert not isinstance(err.value, PipelineError), err.value
-    chain = [err.value]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
-    assert any(isinstance(e, ZeroDivisionError) for e in chain), chain
     assert "broken_adapter" in "".join(__import__("traceback").format_exception(err.value))
     assert not prepare.layout(cfg, "mine").data.exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -29,11 +30,19 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
         raise PipelineError(f"{what}: _target_ {target!r} cannot be found ({exc.__class__.__name__})") from None
     check_keys(obj, [str(k) for k in cfg.keys() if not str(k).startswith("_")] + list(kwargs), what)
     try:
-        return hydra_instantiate(cfg, **kwargs)
+        # Hydra builds the arguments (nested configs included); we make the call ourselves, so that
+        # an exception raised inside the target reaches the caller as itself, not wrapped by Hydra.
+        factory = hydra_instantiate(cfg, _partial_=True)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, PipelineError):
-            raise PipelineError(f"{what}: {exc.__cause__}") from exc.__cause__
+            raise PipelineError(f"{what}: {exc.__cause__}") from exc.__cause__.__cause__
         raise
+    if cfg.get("_partial_"):  # the config asks for a partial (e.g. an optimizer factory)
+        return functools.partial(factory, **kwargs) if kwargs else factory
+    try:
+        return factory(**kwargs)
+    except PipelineError as exc:
+        raise PipelineError(f"{what}: {exc}") from exc.__cause__  # its own cause (a library's ValueError) kept
 
 
 def check_keys(target: Any, keys: list[str], what: str) -> None:

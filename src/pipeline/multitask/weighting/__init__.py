@@ -109,12 +109,7 @@ def build(cfg: Any, n_tasks: int) -> Weighting:
     """The weighting a `conf/multitask/weighting/` config describes, for `n_tasks` tasks. A bad
     `_target_`, an unknown key or a value the constructor rejects is a PipelineError naming it; any
     other exception from a constructor is a bug and keeps its traceback and type."""
-    from omegaconf import OmegaConf
-
-    spec = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    # Hydra checks the target and keys; the constructor runs here, not inside Hydra, which would wrap
-    # a bug's exception in its InstantiationException.
-    weighting = instantiate({**spec, "_partial_": True}, "weighting config")(n_tasks=n_tasks)
+    weighting = instantiate(cfg, "weighting config", n_tasks=n_tasks)
     if not isinstance(weighting, Weighting):
         raise PipelineError(f"weighting config: _target_ {cfg.get('_target_')!r} is not a pipeline.multitask.weighting.Weighting")
     return weighting
