@@ -258,7 +258,7 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         " flipped) against that baseline, in %; higher is better.",
         f"- Tasks in Δm: {len(used)} of {len(ts.tasks)}, the same for every method"
         + ("." if not left_out else "; left out (no result from every method, so Δm would average different tasks): "
-           + "; ".join(f"`{task}` ({t.test_labels(task)} test labels; no result from {', '.join(ms)})" for task, ms in left_out.items()) + "."),
+           + _capped([f"`{task}` ({t.test_labels(task)} test labels; no result from {', '.join(ms)})" for task, ms in left_out.items()]) + "."),
         f"- {len(t.records)} result records of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else "."),
     ]
@@ -319,6 +319,10 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
               f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}` (`mlflow ui --backend-store-uri {mlflow_uri}`),"
               " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.", ""]
     return "\n".join(lines)
+
+
+def _capped(entries: list[str], limit: int = 20) -> str:
+    return "; ".join(entries[:limit]) + (f"; and {len(entries) - limit} more" if len(entries) > limit else "")
 
 
 def histories_caption(t: MultitaskReport) -> str:
