@@ -48,13 +48,13 @@ def test_task_absent_from_batch_has_zero_loss_without_graph():
 
 
 def test_delta_m_sign_convention_on_a_hand_computed_example():
-    kinds = {"digit": "classification", "price": "regression"}
+    tasks = [TaskSpec("digit", "classification"), TaskSpec("price", "regression")]
     rows = []
     for method, acc, rmse in [("single_task+equal", 0.80, 2.0), ("good", 0.88, 1.8), ("bad", 0.72, 2.2)]:
         rows += [{"method": method, "seed": 0, "task": "digit", "metric": "acc", "value": acc, "classic": False},
                  {"method": method, "seed": 0, "task": "price", "metric": "rmse", "value": rmse, "classic": False},
                  {"method": method, "seed": 0, "task": "price", "metric": "r2", "value": 0.5, "classic": False}]
-    dm = delta_m(pd.DataFrame(rows), kinds).set_index("method").delta_m
+    dm = delta_m(pd.DataFrame(rows), tasks, "single_task+equal").set_index("method").delta_m
     # good: accuracy +10%, RMSE 10% lower (better) -> +10; bad: the mirror image -> -10.
     assert dm["good"] == pytest.approx(10.0)
     assert dm["bad"] == pytest.approx(-10.0)
@@ -103,7 +103,7 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     assert metrics["delta_m"]["single_task+equal"] == pytest.approx(0.0)
     assert all(math.isfinite(v) for v in metrics["delta_m"].values())
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
-    assert "Δm against the single-task baseline" in md and "ridge_pooled+sklearn" in md
+    assert "Δm against `single_task+equal`" in md and "ridge_pooled+sklearn" in md
     assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").exists()
     # One seed: each run's own Δm, logged back onto it, is the table's value.
     logged = client.get_run(hard_up[0].info.run_id).data.metrics["test/delta_m"]

@@ -12,7 +12,8 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, atomic_file, read_json, write_json
 from pipeline.knowledge import leep
-from pipeline.report import load_results, strategy_order, summarise
+from pipeline.report import baseline_first
+from pipeline.report.transfer import load_results, summarise
 
 # --------------------------------------------------------------------------------------------------
 # LEEP
@@ -89,7 +90,7 @@ def _row(table: pd.DataFrame, strategy: str, budget: int) -> pd.Series:
 
 
 def test_summarise_mean_std_and_paired_gain(results):
-    t = summarise(results, "acc")
+    t = summarise(results, "acc", "scratch")
     assert len(t) == 4
     a1, a5, s1 = _row(t, "A", 1), _row(t, "A", 5), _row(t, "scratch", 1)
     assert a1["mean"] == pytest.approx((0.70 + 0.65 + 0.35) / 3)
@@ -105,7 +106,7 @@ def test_summarise_mean_std_and_paired_gain(results):
 
 
 def test_summarise_lower_is_better_flips_gain(results):
-    t = summarise(results.rename(columns={"acc": "rmse"}), "rmse", higher_is_better=False)
+    t = summarise(results.rename(columns={"acc": "rmse"}), "rmse", "scratch", higher_is_better=False)
     a1, a5 = _row(t, "A", 1), _row(t, "A", 5)
     assert a1["mean"] == pytest.approx((0.70 + 0.65 + 0.35) / 3)  # the statistics themselves do not flip
     assert a1["gain"] == pytest.approx(-0.20 / 3)
@@ -115,24 +116,38 @@ def test_summarise_lower_is_better_flips_gain(results):
 
 
 def test_summarise_without_baseline_has_no_gain(results):
-    t = summarise(results[results.strategy != "scratch"], "acc")
+    t = summarise(results[results.strategy != "scratch"], "acc", "scratch")
     assert "gain" not in t.columns and len(t) == 2
 
 
-def test_strategy_order_puts_baseline_first():
-    assert strategy_order(["b", "scratch", "a", "b"]) == ["scratch", "a", "b"]
-    assert strategy_order(["b", "a"]) == ["a", "b"]
+def test_baseline_first_orders_by_the_configured_baseline():
+    assert baseline_first(["b", "scratch", "a", "b"], "scratch") == ["scratch", "a", "b"]
+    assert baseline_first(["b", "scratch", "a"], "b") == ["b", "a", "scratch"]
+    assert baseline_first(["b", "a"], "scratch") == ["a", "b"]
 
 
-def test_load_results(tmp_path):
+def test_load_results_reads_exactly_the_expected_runs(tmp_path):
+    """Defect 6: files of other strategies, budgets, seeds or config digests are ignored and named;
+    an expected run without a current result is an error naming it."""
+    expected = {(s, k, seed): f"d-{s}" for s, k, seed, _ in ROWS[:4]}
     for strategy, k, seed, acc in ROWS[:4]:
-        write_json(tmp_path / strategy / f"k{k}_seed{seed}.json",
-                   {"strategy": strategy, "budget": k, "seed": seed, "run_id": f"r{seed}", "test": {"test/acc": acc, "test/loss": 1.0}})
-    df = load_results(tmp_path)
+        write_json(tmp_path / strategy / f"k{k}_seed{seed}.json", {"config_digest": f"d-{strategy}", "strategy": strategy, "budget": k,
+                                                                  "seed": seed, "run_id": f"r{seed}", "test": {"test/acc": acc, "test/loss": 1.0}})
+    # Left by earlier runs: an old digest at an expected key's neighbour, a budget and a strategy no longer configured.
+    write_json(tmp_path / "A" / "k1_seed7.json", {"config_digest": "d-A", "strategy": "A", "budget": 1, "seed": 7, "run_id": "x", "test": {"test/acc": 0.0}})
+    write_json(tmp_path / "scratch" / "k9_seed0.json", {"config_digest": "d-scratch", "strategy": "scratch", "budget": 9, "seed": 0, "run_id": "x",
+                                                       "test": {"test/acc": 0.0}})
+    write_json(tmp_path / "old" / "k1_seed0.json", {"strategy": "old", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}})
+    df, stale = load_results(tmp_path, expected)
     assert len(df) == 4 and "loss" not in df.columns
     assert sorted(df["acc"]) == sorted(r[3] for r in ROWS[:4])
+    assert sorted(stale) == ["A/k1_seed7.json", "old/k1_seed0.json", "scratch/k9_seed0.json"]
+    # The current result of one run replaced by a stale one (config changed, finetune not rerun): an error naming it.
+    write_json(tmp_path / "A" / "k1_seed0.json", {"config_digest": "d-old", "strategy": "A", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}})
+    with pytest.raises(PipelineError, match=r"A/k1_seed0\.json.*4 stale"):
+        load_results(tmp_path, expected)
     with pytest.raises(PipelineError, match=str(tmp_path / "empty")):
-        load_results(tmp_path / "empty")
+        load_results(tmp_path / "empty", expected)
 
 
 # --------------------------------------------------------------------------------------------------

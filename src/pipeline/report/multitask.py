@@ -1,36 +1,78 @@
-"""Multitask comparison: per-task results by method, and Δm against the single-task baseline.
+"""Multitask comparison: per-task results by method, and Δm against the baseline method
+(`multitask.baseline`, by default the single-task networks).
 
-    Δm(method) = 100/K * sum_k s_k * (M_method,k - M_base,k) / M_base,k
+    Δm(method) = 100/K * sum_k s_k * (M_method,k - M_base,k) / |M_base,k|
 
-over tasks k with their primary metric (accuracy for classes, RMSE for values), s_k = +1 when
-higher is better and -1 when lower is better (Maninis et al. 2019; Vandenhende et al. 2021). The
-baseline is the single-task network trained in the same experiment, paired by seed; it is never
-the run's own first epoch. R² and F1 are shown but kept out of Δm: R² near 0 makes ratios explode.
+over the K tasks every compared method and the baseline have a result for (the same task set for
+every method), with each task's primary metric (`TaskSpec.primary`: accuracy for classes, RMSE for
+values) and s_k = +1 when higher is better, -1 when lower is better (`TaskSpec.higher_is_better`;
+Maninis et al. 2019; Vandenhende et al. 2021). The baseline is trained in the same experiment and
+paired by seed; it is never the run's own first epoch. R² and F1 are shown but kept out of Δm: R²
+near 0 makes ratios explode. Only the records of the current configuration are read: the runs the
+multitask stage would make now, each with the config digest it would have now.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
+from pipeline.data import TaskSet, TaskSpec
 from pipeline.errors import PipelineError
-
-BASELINE = "single_task+equal"
-
-
-def primary(kind: str) -> tuple[str, bool]:
-    return ("acc", True) if kind == "classification" else ("rmse", False)
+from pipeline.report import baseline_first, fmt, listing, spread
 
 
-def read_results(directory: str | Path) -> list[dict]:
-    """The multitask stage's result records (one per method x seed), as written."""
-    files = sorted(Path(directory).glob("*/seed*.json"))
+def read_results(directory: str | Path) -> dict[str, dict]:
+    """The multitask stage's result records (one per method x seed), by file path relative to `directory`."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*/seed*.json"))
     if not files:
         raise PipelineError(f"missing upstream output {directory}: no multitask results; run the multitask stage first")
-    return [json.loads(f.read_text()) for f in files]
+    return {str(f.relative_to(directory)): json.loads(f.read_text()) for f in files}
+
+
+def expected_records(cfg: DictConfig, exp: DictConfig, ts: TaskSet) -> dict[tuple[str, str, int], str]:
+    """(scheme, weighting, seed) -> config digest of every neural run the multitask stage makes for the
+    current configuration (its `plan` x the selected seeds), as the stage computes it."""
+    from pipeline.stages import pick
+    from pipeline.stages.multitask import plan, run_params
+    from pipeline.tracking import digest
+
+    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
+    return {(s, w, int(seed)): digest({**run_params(cfg, s, w), "data_hash": ts.data_hash}) for s, w in pairs for seed in seeds}
+
+
+def current_records(records: dict[str, dict], expected: dict[tuple[str, str, int], str], classic: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """The records of the current configuration, and the files of all others (stale or not selected).
+
+    expected: neural runs as from `expected_records`; classic: baseline name -> its current digest.
+    A missing expected neural run is a PipelineError naming it."""
+    current, stale, found = [], [], set()
+    for path, r in records.items():
+        if r.get("classic"):
+            ok = classic.get(r["scheme"]) == r.get("config_digest")
+        else:
+            key = (r["scheme"], r["weighting"], r["seed"])
+            ok = expected.get(key) == r.get("config_digest")
+            if ok:
+                found.add(key)
+        if ok:
+            current.append(r)
+        else:
+            stale.append(path)
+    missing = sorted(set(expected) - found)
+    if missing:
+        raise PipelineError(f"no multitask result of the current configuration for {listing(f'{s}+{w}/seed{seed}.json' for s, w, seed in missing)}"
+                            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the multitask stage")
+    return current, stale
 
 
 def table(records: list[dict]) -> pd.DataFrame:
@@ -43,42 +85,295 @@ def table(records: list[dict]) -> pd.DataFrame:
             if len(parts) == 3:
                 rows.append({"method": method, "seed": r["seed"], "task": parts[1], "metric": parts[2], "value": value,
                              "classic": bool(r.get("classic")), "run_id": r.get("run_id")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "seed", "task", "metric", "value", "classic", "run_id"])
 
 
-def primary_rows(df: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+def primary_rows(df: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     """The rows holding each task's primary metric."""
-    return df[[row.metric == primary(kinds[row.task])[0] for row in df.itertuples()]]
+    primary = {t.name: t.primary for t in tasks}
+    return df[df.metric == df.task.map(primary)]
 
 
-def delta_m(df: pd.DataFrame, kinds: dict[str, str], baseline: str = BASELINE) -> pd.DataFrame:
-    """Δm per method and seed, paired with the baseline at the same seed (classic baselines are
-    deterministic and compared with each baseline seed)."""
-    prim = primary_rows(df, kinds)
+def common_tasks(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The tasks Δm averages over: those with a finite, non-zero baseline value at every seed and a finite
+    value from every compared method at every seed; and the others, each with the methods lacking it
+    (a stage drops a task with fewer than 2 test labels from its metrics)."""
+    prim = primary_rows(df, tasks)
+    runs = prim[["method", "seed"]].drop_duplicates()
+    have = {t: g for t, g in prim[np.isfinite(prim.value.astype(float))].groupby("task")}
+    used, left_out = [], {}
+    for t in tasks:
+        g = have.get(t.name, prim.iloc[:0])
+        got = set(zip(g.method, g.seed))
+        lacking = sorted({m for m, s in zip(runs.method, runs.seed) if (m, s) not in got})
+        if not lacking and (g[g.method == baseline].value == 0).any():
+            lacking = [f"{baseline} (value 0)"]
+        if lacking:
+            left_out[t.name] = lacking
+        else:
+            used.append(t.name)
+    return used, left_out
+
+
+def delta_m(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> pd.DataFrame:
+    """Δm per method and seed over `common_tasks`, paired with the baseline at the same seed (classic
+    baselines are deterministic and compared with each baseline seed)."""
+    used, _ = common_tasks(df, tasks, baseline)
+    spec = {t.name: t for t in tasks}
+    prim = primary_rows(df, tasks)
+    prim = prim[prim.task.isin(used)]
     base = prim[prim.method == baseline].set_index(["seed", "task"])["value"]
     if base.empty:
-        raise PipelineError(f"no {baseline} runs: Δm needs the single-task baseline trained in the same experiment")
+        raise PipelineError(f"multitask.baseline={baseline!r}: no results of it in common tasks; Δm needs the baseline trained in the same experiment")
+    base_seeds = sorted(base.index.get_level_values(0).unique())
     out = []
     for (method, seed), g in prim.groupby(["method", "seed"]):
-        seeds = sorted(base.index.get_level_values(0).unique()) if g.classic.iloc[0] else [seed]
-        for s in seeds:
-            rel = []
-            for row in g.itertuples():
-                b = base.get((s, row.task))
-                if b is None or b == 0 or not np.isfinite(b):
-                    continue
-                sign = 1.0 if primary(kinds[row.task])[1] else -1.0
-                rel.append(sign * (row.value - b) / abs(b))
-            out.append({"method": method, "seed": s, "delta_m": 100.0 * float(np.mean(rel)) if rel else float("nan")})
-    return pd.DataFrame(out)
+        if not g.classic.iloc[0] and seed not in base_seeds:
+            raise PipelineError(f"multitask.baseline={baseline!r} has no run at seed {seed}, which {method} has; Δm pairs them by seed")
+        for s in base_seeds if g.classic.iloc[0] else [seed]:
+            sign = np.where([spec[t].higher_is_better for t in g.task], 1.0, -1.0)
+            b = base.loc[[(s, t) for t in g.task]].to_numpy()
+            out.append({"method": method, "seed": s, "delta_m": 100.0 * float(np.mean(sign * (g.value.to_numpy() - b) / np.abs(b)))})
+    return pd.DataFrame(out, columns=["method", "seed", "delta_m"])
 
 
-def per_task(df: pd.DataFrame, kinds: dict[str, str], baseline: str = BASELINE) -> pd.DataFrame:
+def per_task(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> pd.DataFrame:
     """Mean ± std of each task's primary metric per method, and whether it is worse than the baseline."""
-    prim = primary_rows(df, kinds)
-    stats = prim.groupby(["method", "task"])["value"].agg(mean="mean", std=lambda s: s.std(ddof=1) if len(s) > 1 else 0.0).reset_index()
+    prim = primary_rows(df, tasks)
+    stats = prim.groupby(["method", "task"])["value"].agg(mean="mean", std=spread).reset_index()
     base = stats[stats.method == baseline].set_index("task")["mean"]
-    higher = stats.task.map(lambda t: primary(kinds[t])[1])
+    higher = stats.task.map({t.name: t.higher_is_better for t in tasks}).astype(bool)
     diff = stats["mean"] - stats.task.map(base)
     stats["worse"] = np.where(higher, diff < 0, diff > 0) & (stats.method != baseline)
     return stats
+
+
+def histories(records: list[dict]) -> tuple[int | None, dict[str, list[dict]], dict[str, list[dict]]]:
+    """Per-epoch histories for the task-weight figure, at the first seed any neural record has one:
+    the seed; {method: history} of the methods whose task weights move (not all 1 throughout); and
+    {method: history} of the methods with gradient cosines (schemes that share parameters)."""
+    with_history = [r for r in records if not r.get("classic") and r.get("history")]
+    if not with_history:
+        return None, {}, {}
+    seed = min(r["seed"] for r in with_history)
+    weights, cosines = {}, {}
+    for r in sorted(with_history, key=lambda r: (r["scheme"], r["weighting"])):
+        if r["seed"] != seed:
+            continue
+        method, hist = f"{r['scheme']}+{r['weighting']}", r["history"]
+        if any(v != 1.0 for h in hist for k, v in h.items() if k.startswith("weight/")):
+            weights[method] = hist
+        if any("grad/cos_mean" in h for h in hist):
+            cosines[method] = hist
+    return seed, weights, cosines
+
+
+def auto_choices(records: list[dict], archs: DictConfig) -> dict[str, dict[str, tuple[list, list]]]:
+    """Knobs set to `auto` in a scheme's config: per method, knob -> (values validation picked by seed, its auto_grid)."""
+    chosen: dict = {}
+    for r in records:
+        arch_cfg = archs.get(r["scheme"]) or {}
+        grid = arch_cfg.get("auto_grid") or {}
+        for k in [k for k, v in arch_cfg.items() if v == "auto"]:
+            values, _ = chosen.setdefault(f"{r['scheme']}+{r['weighting']}", {}).setdefault(k, ([], list(grid.get(k, []))))
+            values.append(r["arch"][k])
+    return chosen
+
+
+@dataclass
+class MultitaskReport:
+    """What a multitask report is made of: the current records of one experiment."""
+
+    name: str
+    exp: DictConfig
+    ts: TaskSet
+    baseline: str
+    records: list[dict]
+    stale: list[str]
+    skipped: dict[str, str]  # classic baseline -> why it has no result
+
+    @cached_property
+    def df(self) -> pd.DataFrame:
+        return table(self.records)
+
+    @cached_property
+    def tasks_used(self) -> tuple[list[str], dict[str, list[str]]]:
+        return common_tasks(self.df, self.ts.tasks, self.baseline)
+
+    @cached_property
+    def dm(self) -> pd.DataFrame:
+        return delta_m(self.df, self.ts.tasks, self.baseline)
+
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        return per_task(self.df, self.ts.tasks, self.baseline)
+
+    @property
+    def classic_dm(self) -> dict[str, float]:
+        return {m: float(self.dm[self.dm.method == m].delta_m.mean()) for m in sorted(self.df[self.df.classic].method.unique())}
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(s) for s in self.df[~self.df.classic].seed.unique())
+
+    def test_labels(self, task: str) -> int:
+        i = [t.name for t in self.ts.tasks].index(task)
+        return int(np.sum(~np.isnan(self.ts.y[self.ts.splits["test"], i])))
+
+
+def load(cfg: DictConfig) -> MultitaskReport:
+    from pipeline.io import read_json
+    from pipeline.stages import experiment, layout
+    from pipeline.tracking import digest
+
+    name, exp = experiment(cfg, "multitask")
+    paths = layout(cfg, name)
+    ts = TaskSet.load(paths.data / "tasks")
+    baseline = cfg.multitask.baseline
+    records = read_results(paths.multitask)
+    skipped_file = paths.multitask / "skipped.json"
+    skipped = read_json(skipped_file, "skipped classic baselines") if skipped_file.exists() else {}
+    # Classic baselines run only when no scheme or weighting is selected (as in the stage).
+    names = list(cfg.multitask.classic) if cfg.get("scheme") is None and cfg.get("weighting") is None else []
+    classic = {c: digest({"classic": c, "data_hash": ts.data_hash}) for c in names}
+    current, stale = current_records(records, expected_records(cfg, exp, ts), classic)
+    present = {r["scheme"] for r in current if r.get("classic")}
+    skipped.update({c: "no result written and no reason recorded by the multitask stage" for c in names if c not in present and c not in skipped})
+    if baseline not in {f"{r['scheme']}+{r['weighting']}" for r in current}:
+        raise PipelineError(f"multitask.baseline={baseline!r}: no results of it among the current runs in {paths.multitask}; Δm needs it")
+    return MultitaskReport(name, exp, ts, baseline, current, stale, skipped)
+
+
+def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fig: str, mlflow_uri: str) -> str:
+    ts, df, dm, stats, baseline = t.ts, t.df, t.dm, t.stats, t.baseline
+    used, left_out = t.tasks_used
+    seeds = t.seeds
+    lines = [f"# {t.name}: does training the tasks together help?", ""]
+    lines += [
+        f"- Data: `{t.exp.data._target_.rsplit('.', 1)[1]}`; {len(ts.tasks)} tasks "
+        f"({', '.join(sorted({x.kind for x in ts.tasks}))}); {ts.x.shape[0]} samples, {ts.x.shape[1]} features; "
+        f"splits train/val/test {len(ts.splits['train'])}/{len(ts.splits['val'])}/{len(ts.splits['test'])}.",
+        f"- Baseline for Δm and negative transfer: `{baseline}` (`multitask.baseline`; trained in this experiment, same budget), paired by seed; seeds {seeds}.",
+        "- Δm = mean over tasks of the relative change of the task's primary metric (accuracy, or RMSE with its sign"
+        " flipped) against that baseline, in %; higher is better.",
+        f"- Tasks in Δm: {len(used)} of {len(ts.tasks)}, the same for every method"
+        + ("." if not left_out else "; left out (no result from every method, so Δm would average different tasks): "
+           + _capped([f"`{task}` ({t.test_labels(task)} test labels; no result from {', '.join(ms)})" for task, ms in left_out.items()]) + "."),
+        f"- {len(t.records)} result records of the current configuration"
+        + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else "."),
+    ]
+    if t.skipped:
+        lines.append("- Classic baselines without a result: " + "; ".join(f"`{c}`: {why}" for c, why in sorted(t.skipped.items())) + ".")
+    lines += ["", f"## Δm against `{baseline}` (mean ± std over seeds)", "",
+              "| method | Δm (%) | seeds with Δm > 0 | tasks worse than baseline |", "|---|---|---|---|"]
+    worse = stats.groupby("method")["worse"].sum()
+    mean_dm = dm.groupby("method").delta_m.mean()
+    for method in sorted(mean_dm.index, key=lambda m: (m != baseline, -mean_dm[m])):
+        g = dm[dm.method == method].delta_m
+        lines.append(f"| {method} | {fmt(g.mean(), spread(g), 2)} | "
+                     f"{'–' if method == baseline else f'{int((g > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |")
+    classic_dm = t.classic_dm
+    neural = mean_dm.drop([baseline, *classic_dm], errors="ignore")
+    lines += ["", "## Findings", ""]
+    top = None
+    if len(neural):
+        top = neural.idxmax()
+        wins, n = int((dm[dm.method == top].delta_m > 0).sum()), int((dm.method == top).sum())
+        if neural.max() <= 0:
+            verdict = "no joint method beats the baseline here"
+        elif wins == n:
+            verdict = f"joint training helps here, on every seed ({wins}/{n})"
+        else:
+            verdict = f"ahead on average but on {wins}/{n} seeds only: not a consistent gain"
+        lines.append(f"- Best joint neural method: `{top}`, Δm {neural.max():+.2f}% — {verdict}.")
+        losing = [m for m, v in neural.sort_values().items() if v < 0]
+        if losing:
+            lines.append(f"- Below the baseline (negative transfer on average): {', '.join(f'`{m}`' for m in losing)}.")
+    if classic_dm:
+        lines.append("- Classic baselines against the same baseline: " + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items()) + ".")
+        beaten_by = [m for m, v in classic_dm.items() if len(neural) and v > neural.max()]
+        if beaten_by:
+            lines.append(f"- {', '.join(f'`{m}`' for m in beaten_by)} beats every neural method: here a linear model is the one to beat,"
+                         " and no sharing scheme or weighting does.")
+    lines.append(conflict_finding(t, top))
+    for method, picks in auto_choices(t.records, archs).items():
+        text = ", ".join(f"{k} = {values}" for k, (values, _) in picks.items())
+        edge = [k for k, (values, grid) in picks.items() if grid and any(v in (min(grid), max(grid)) and v != 0 for v in values)]
+        lines.append(f"- `{method}`: {text} (chosen on validation data, by seed)"
+                     + (f"; {', '.join(edge)} at the edge of its `auto_grid`: widen the grid." if edge else "."))
+    names = sorted(x.name for x in ts.tasks)
+    if len(names) <= 12:
+        metric = {x.name: x.primary for x in ts.tasks}
+        lines += ["", "## Per task (test " + ", ".join(sorted(set(metric.values()))) + "; ⚠ = worse than the baseline)", "",
+                  "| method | " + " | ".join(f"{n} ({metric[n]})" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+        cell = {(r.method, r.task): r for r in stats.itertuples()}
+        for method in baseline_first(stats.method, baseline):
+            lines.append(f"| {method} | " + " | ".join(
+                (fmt(cell[method, n].mean, cell[method, n].std) + (" ⚠" if cell[method, n].worse else "")) if (method, n) in cell else "–"
+                for n in names) + " |")
+    else:
+        lines += ["", f"{len(names)} tasks: the per-task table is in `reports/metrics/{t.name}.json`; the figure shows each method's per-task change."]
+    lines += ["", "## Figures", "", f"![per-task results]({results_fig})", "", f"![task weights and gradient conflict]({histories_fig})", "",
+              histories_caption(t), "",
+              "## Reproduce and inspect", "",
+              f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}` (`mlflow ui --backend-store-uri {mlflow_uri}`),"
+              " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.", ""]
+    return "\n".join(lines)
+
+
+def _capped(entries: list[str], limit: int = 20) -> str:
+    return "; ".join(entries[:limit]) + (f"; and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def histories_caption(t: MultitaskReport) -> str:
+    """What the task-weight figure shows, exactly."""
+    seed, weights, cosines = histories(t.records)
+    if seed is None:
+        return "Task weights and gradient cosines: none — no run in these results logged per-epoch histories."
+    parts = [f"Task weights per epoch (seed {seed}): " + (", ".join(f"`{m}`" for m in weights) if weights else "none (every weighting kept all weights at 1)"),
+             "mean cosine of the task gradients on the shared parameters: " + (", ".join(f"`{m}`" for m in cosines) if cosines else "none (no method shares parameters)")]
+    return "; ".join(parts) + "."
+
+
+def conflict_finding(t: MultitaskReport, best: str | None) -> str:
+    """Gradient conflict, measured on one run with cosines at the figure's seed: the baseline's weighting on
+    the best joint method's scheme if that was run, else the best method itself, else the first with cosines."""
+    seed, _, cosines = histories(t.records)
+    if not cosines:
+        return "- Gradient conflict: not measured — no run in these results logged gradient cosines (no method shares parameters)."
+    plain_weighting = t.baseline.split("+", 1)[1] if "+" in t.baseline else None
+    preferred = [f"{best.split('+', 1)[0]}+{plain_weighting}", best] if best else []
+    method = next((m for m in preferred if m in cosines), next(iter(cosines)))
+    cos = [h for h in cosines[method] if "grad/cos_mean" in h]
+    mean = sum(h["grad/cos_mean"] for h in cos) / len(cos)
+    return (f"- Gradient conflict under `{method}` (seed {seed}): the task gradients' mean cosine on the shared parameters averaged"
+            f" {mean:+.3f} over {len(cos)} epochs (lowest pairwise {min(h['grad/cos_min'] for h in cos):+.3f}); negative values are the"
+            " conflict gradient aggregators target.")
+
+
+def figures(t: MultitaskReport) -> tuple:
+    """(per-task results figure, task-weight figure)."""
+    from pipeline.report.figures import per_task_results, weights_over_training
+
+    seed, weights, cosines = histories(t.records)
+    results = per_task_results(t.stats, baseline_first(t.stats.method, t.baseline), t.baseline, f"{t.name}: per-task test results")
+    title = f"{t.name}: task weights and gradient cosines" + ("" if seed is None else f" (seed {seed})")
+    return results, weights_over_training(weights, cosines, title)
+
+
+def dvc_metrics(t: MultitaskReport) -> dict:
+    return {
+        "delta_m": {m: round(float(g.delta_m.mean()), 3) for m, g in t.dm.groupby("method")},
+        "per_task": {m: {r.task: round(float(r.mean), 4) for r in g.itertuples()} for m, g in t.stats.groupby("method")},
+    }
+
+
+def run_delta_m(t: MultitaskReport) -> dict[str, dict[str, float]]:
+    """Each run's own Δm (against the baseline at its seed), to log back onto it and sort runs by in the UI.
+    Classic baselines are fitted once and compared with every baseline seed: they get the mean."""
+    out = {}
+    for r in t.records:
+        g = t.dm[(t.dm.method == f"{r['scheme']}+{r['weighting']}") & (r.get("classic") or t.dm.seed == r["seed"])]
+        if r.get("run_id") and len(g):
+            out[r["run_id"]] = {"test/delta_m": float(g.delta_m.mean())}
+    return out

@@ -1,0 +1,69 @@
+"""A report's files, written all at once: every output goes to a scratch directory first and is moved
+into `reports/` only when all of them exist, so a failure on the way leaves no stray or half-new file.
+Then the report and its figures are logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.errors import PipelineError
+
+
+def _save(value: Any, path: Path) -> None:
+    if hasattr(value, "savefig"):  # a matplotlib Figure
+        value.savefig(path)
+    elif isinstance(value, str):
+        path.write_text(value)
+    else:  # DVC metrics: sorted, indented JSON, as `pipeline.io.write_json` writes it
+        path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
+    """Write `files` ({path relative to `reports`: text, JSON-able dict or Figure}); their final paths.
+
+    Outputs are rendered into a hidden scratch directory inside `reports` (same filesystem, so each
+    move is an atomic rename) and moved in only after every one was written.
+    """
+    from pipeline.io import umask
+
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    targets = {rel: reports / rel for rel in files}
+    scratch = Path(tempfile.mkdtemp(prefix=".report.", dir=reports))
+    try:
+        for i, (rel, value) in enumerate(files.items()):
+            path = scratch / f"{i}{Path(rel).suffix}"
+            _save(value, path)
+            os.chmod(path, 0o666 & ~umask())
+        for rel, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                raise PipelineError(f"cannot write the report output {target}: a directory is in the way")
+        for i, target in enumerate(targets.values()):
+            os.replace(scratch / f"{i}{target.suffix}", target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return targets
+
+
+def log(cfg, name: str, artifacts: Mapping[str, Path], *, data_hash: str, params: Mapping[str, Any], source_run_id: str | None = None,
+        metrics: Mapping[str, float] | None = None, run_metrics: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """A `report` run in MLflow holding `artifacts` ({relative path: file}, kept in their folders) and
+    `metrics`; `run_metrics` ({run id: metrics}) are logged back onto the runs the report compared."""
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(name, cfg.tracking.uri)
+    with tracker.run("report", data_hash=data_hash, params=params, source_run_id=source_run_id) as run_id:
+        if metrics:
+            tracker.log_metrics(run_id, metrics)
+        for rel, path in artifacts.items():
+            folder = str(Path(rel).parent)
+            tracker.log_artifact(run_id, path, None if folder == "." else folder)
+    for other, values in (run_metrics or {}).items():
+        tracker.log_metrics(other, values)
+    return run_id

@@ -1,0 +1,216 @@
+"""Transfer comparison: strategy x label budget, mean ± std over seeds, paired gain over the baseline
+strategy (`transfer.baseline`), negative transfer flagged. Only the runs of the current configuration
+are read: strategies x budgets x seeds from the config, each with the config digest it would have now."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from pipeline.data import TaskSpec
+from pipeline.errors import PipelineError
+from pipeline.report import baseline_first, fmt, listing, spread
+
+
+def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_id: str) -> dict[tuple[str, int, int], str]:
+    """(strategy, budget, seed) -> the config digest its result record carries when it is current
+    (as `stages.finetune` computes it); the selectors `strategy`, `budget`, `seed` narrow the set."""
+    from pipeline.stages import pick
+    from pipeline.stages.finetune import run_params
+    from pipeline.tracking import digest
+
+    strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
+    budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
+    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    digests = {s: digest({**run_params(cfg, s), "data_hash": data_hash, "source_run_id": source_run_id}) for s in strategies}
+    return {(s, int(b), int(seed)): digests[s] for s in strategies for b in budgets for seed in seeds}
+
+
+def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], str]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per expected fine-tune run (strategy, budget, seed, run_id, every test metric), and the
+    result files ignored: other strategies, budgets or seeds, or a config digest that is not the current one.
+
+    A missing expected run is a PipelineError naming it."""
+    finetune_dir = Path(finetune_dir)
+    files = sorted(finetune_dir.glob("*/*.json"))
+    if not files:
+        raise PipelineError(f"missing upstream output {finetune_dir}: no fine-tune results; run the finetune stage first")
+    rows, stale = [], []
+    for f in files:
+        r = json.loads(f.read_text())
+        key = (r.get("strategy"), r.get("budget"), r.get("seed"))
+        if key not in expected or r.get("config_digest") != expected[key]:
+            stale.append(str(f.relative_to(finetune_dir)))
+            continue
+        rows.append({"strategy": r["strategy"], "budget": r["budget"], "seed": r["seed"], "run_id": r["run_id"],
+                     **{k.split("/", 1)[1]: v for k, v in r["test"].items() if k != "test/loss"}})
+    missing = sorted(set(expected) - {(r["strategy"], r["budget"], r["seed"]) for r in rows})
+    if missing:
+        names = ", ".join(f"{s}/k{b}_seed{seed}.json" for s, b, seed in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise PipelineError(f"{finetune_dir}: no result of the current configuration for {names}"
+                            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the finetune stage")
+    return pd.DataFrame(rows), stale
+
+
+def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher_is_better: bool = True) -> pd.DataFrame:
+    """Per strategy x budget: mean, std, n over seeds, and (with a baseline) the gain over it at the same seed.
+
+    Seeds fix the labelled subset, so the gain is a paired difference, sign-flipped when lower is better:
+        gain(s, k) = mean over seeds i of  ±(M[s, k, i] - M[baseline, k, i]).
+    `wins` counts seeds where the strategy beat the baseline; `negative` flags a mean gain below zero
+    (negative transfer).
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    stats = df.groupby(["strategy", "budget"])[metric].agg(mean="mean", std=spread, n="count")
+    if baseline is not None and baseline in set(df["strategy"]):
+        base = df[df.strategy == baseline].set_index(["budget", "seed"])[metric]
+        paired = df.join(base.rename("base"), on=["budget", "seed"])
+        paired["gain"] = sign * (paired[metric] - paired["base"])
+        g = paired.groupby(["strategy", "budget"])["gain"]
+        stats["gain"] = g.mean()
+        stats["gain_std"] = g.agg(spread)
+        stats["wins"] = g.agg(lambda s: int((s > 0).sum()))
+        stats["negative"] = stats["gain"] < 0
+    return stats.reset_index()
+
+
+@dataclass
+class TransferReport:
+    """What a transfer report is made of: the current runs and their upstream summaries."""
+
+    name: str
+    exp: DictConfig
+    task: TaskSpec
+    data_hash: str
+    source: dict
+    knowledge: dict
+    baseline: str
+    df: pd.DataFrame
+    stale: list[str]
+
+    @property
+    def unit(self) -> str:
+        """What a label budget k counts."""
+        return "labels per class" if self.task.kind == "classification" else "labelled rows"
+
+    @property
+    def order(self) -> list[str]:
+        return baseline_first(self.df.strategy, self.baseline)
+
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        return summarise(self.df, self.task.primary, self.baseline, self.task.higher_is_better)
+
+
+def load(cfg: DictConfig) -> TransferReport:
+    from pipeline.io import read_json
+    from pipeline.stages import experiment, layout
+
+    name, exp = experiment(cfg, "transfer")
+    paths = layout(cfg, name)
+    baseline = cfg.transfer.baseline
+    if baseline not in cfg.transfer.strategies:
+        raise PipelineError(f"transfer.baseline={baseline!r} is not one of transfer.strategies {sorted(cfg.transfer.strategies)}")
+    source = read_json(paths.source / "summary.json", "pretrain summary")
+    knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
+    meta = read_json(paths.data / "target" / "meta.json", "prepared target task set")
+    task, data_hash = TaskSpec(**meta["tasks"][0]), meta["provenance"]["content_hash"]
+    df, stale = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"]))
+    if baseline not in set(df.strategy):
+        raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale)
+
+
+def _plain(node) -> dict:
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+
+
+def _table(order: list[str], budgets: list[int], cell) -> list[str]:
+    """A strategy x budget markdown table; `cell(strategy, budget)` gives the text or None (shown –)."""
+    lines = ["| strategy | " + " | ".join(f"k={b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    return lines + [f"| {s} | " + " | ".join(cell(s, b) or "–" for b in budgets) + " |" for s in order]
+
+
+def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
+    df, stats, task, baseline, primary = t.df, t.stats, t.task, t.baseline, t.task.primary
+    budgets = sorted(int(b) for b in df.budget.unique())
+    order = t.order
+    seeds = sorted(int(s) for s in df.seed.unique())
+    exp = t.exp
+    lines = [f"# {t.name}: does the source help the target?", ""]
+    lines += [
+        f"- Source: `{exp.source._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.source))}; target: `{exp.target._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.target))}.",
+        f"- Target task `{task.name}` ({task.kind}{f', {task.n_outputs} classes' if task.classes else ''}); {t.unit} k ∈ {budgets}; seeds {seeds} (a seed fixes the labelled subset and the initialisation, so gains are paired).",
+        f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split (MLflow run `{t.source['run_id']}`).",
+    ]
+    if "zero_shot_acc" in t.knowledge:
+        lines.append(f"- Domain gap: the source model, with no target labels at all, scores accuracy {t.knowledge['zero_shot_acc']:.3f} on the target test split.")
+    if "leep" in t.knowledge:
+        lines.append(f"- Transferability (LEEP of the source's predictions on the target train split): {t.knowledge['leep']:.3f}.")
+    lines.append(f"- {len(df)} fine-tune runs of the current configuration"
+                 + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else "."))
+    cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
+    lines += ["", f"## Test {primary} (mean ± std over {len(seeds)} seeds)", ""]
+    lines += _table(order, budgets, lambda s, b: fmt(cell[s, b].mean, cell[s, b].std) if (s, b) in cell else None)
+    if len(order) > 1:
+        negatives = [(s, b, r.gain, r.wins) for (s, b), r in cell.items() if s != baseline and r.negative]
+
+        def gain(s, b):
+            if (s, b) not in cell:
+                return None
+            r = cell[s, b]
+            return f"{r.gain:+.3f} ± {r.gain_std:.3f} ({r.wins}/{r.n})" + (" ⚠ negative transfer" if r.negative else "")
+
+        lines += ["", f"## Gain over `{baseline}` in {primary} (paired by seed: mean ± std, seeds won)", ""]
+        lines += _table(order[1:], budgets, gain)
+        lines += ["", "## Findings", ""]
+        for b in budgets:
+            at_b = stats[stats.budget == b]
+            best = at_b.loc[at_b["mean"].idxmax() if task.higher_is_better else at_b["mean"].idxmin()]
+            lines.append(f"- k={b}: best is `{best.strategy}` ({fmt(best['mean'], best['std'])}).")
+        if negatives:
+            # Losing on every seed is a consistent effect; losing on average only may be seed noise.
+            every = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in sorted(negatives) if w == 0]
+            some = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in sorted(negatives) if w > 0]
+            if every:
+                lines.append(f"- Negative transfer on every seed (below `{baseline}` each time): {', '.join(every)}.")
+            if some:
+                lines.append(f"- Below `{baseline}` on average but not on every seed: {', '.join(some)}.")
+        else:
+            lines.append(f"- No strategy falls below `{baseline}` on average at any budget.")
+    for m in task.metrics[1:]:
+        sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
+        lines += ["", f"## Test {m} (mean ± std)", ""]
+        lines += _table(order, budgets, lambda s, b: fmt(sub[s, b].mean, sub[s, b].std) if (s, b) in sub else None)
+    lines += ["", "## Figure", "", f"![label efficiency]({figure})", "",
+              "## Reproduce and inspect", "",
+              f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
+              f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`.", ""]
+    return "\n".join(lines)
+
+
+def figure(t: TransferReport):
+    from pipeline.report.figures import label_efficiency
+
+    ref = t.knowledge.get("zero_shot_acc") if t.task.primary == "acc" else None
+    return label_efficiency(t.stats, t.order, t.baseline, t.task.primary, f"target {t.unit} (k)", f"{t.name}: {t.task.primary} vs {t.unit}",
+                            ref, "source model, no target labels" if ref is not None else "")
+
+
+def dvc_metrics(t: TransferReport) -> dict:
+    """Means only: `dvc exp show` / `dvc metrics diff` stay readable; spreads and gains are in the report."""
+    return {s: {f"k{r.budget}": round(float(r.mean), 4) for r in t.stats[t.stats.strategy == s].itertuples()} for s in t.order}
+
+
+def dvc_plot(t: TransferReport) -> str:
+    """The label-efficiency curve as CSV for `dvc plots` (x column `labels_per_class`, as dvc.yaml reads it)."""
+    wide = t.stats.pivot(index="budget", columns="strategy", values="mean")[t.order]
+    wide.index.name = "labels_per_class"
+    return wide.round(4).to_csv()

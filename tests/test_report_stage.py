@@ -1,0 +1,184 @@
+"""The report stage end to end: transfer on a fake finished chain (result records as the stages write
+them), multitask after the real stage at tiny budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.io import write_json
+
+STRATEGIES = ["scratch", "feature_retrain", "param_transfer", "structure_transfer"]
+
+
+def _fake_transfer_chain(cfg, root) -> None:
+    """What prepare, pretrain, extract and finetune leave for mnist_to_digits (budgets [1, 3], seeds [0, 1])."""
+    from pipeline.stages.finetune import run_params
+    from pipeline.tracking import digest
+
+    exp = root / "artifacts" / "mnist_to_digits"
+    write_json(exp / "data" / "target" / "meta.json", {"tasks": [{"name": "digit", "kind": "classification", "classes": [str(i) for i in range(10)]}],
+                                                      "provenance": {"content_hash": "hash-t"}})
+    write_json(exp / "source" / "summary.json", {"run_id": "src-run", "test": {"test/acc": 0.9}})
+    write_json(exp / "knowledge" / "summary.json", {"zero_shot_acc": 0.3, "leep": -1.5})
+    for i, s in enumerate(STRATEGIES):
+        d = digest({**run_params(cfg, s), "data_hash": "hash-t", "source_run_id": "src-run"})
+        for k in (1, 3):
+            for seed in (0, 1):
+                write_json(exp / "finetune" / s / f"k{k}_seed{seed}.json",
+                           {"config_digest": d, "strategy": s, "budget": k, "seed": seed, "run_id": f"{s}-{k}-{seed}",
+                            "test": {"test/acc": 0.3 + 0.1 * k + 0.02 * i + 0.01 * seed, "test/f1": 0.5, "test/loss": 1.0}})
+
+
+def _files(path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+
+
+def test_transfer_report_reads_only_current_runs_and_says_which_it_ignored(make_cfg, tmp_path):
+    from pipeline.stages import report
+
+    cfg = make_cfg()
+    _fake_transfer_chain(cfg, tmp_path)
+    ft = tmp_path / "artifacts" / "mnist_to_digits" / "finetune"
+    # Left by earlier runs outside DVC: a seed and a strategy no longer configured, an old digest.
+    write_json(ft / "scratch" / "k1_seed5.json", {**json.loads((ft / "scratch" / "k1_seed0.json").read_text()), "seed": 5, "test": {"test/acc": 0.99}})
+    write_json(ft / "old_strategy" / "k1_seed0.json", {"config_digest": "x", "strategy": "old_strategy", "budget": 1, "seed": 0, "run_id": "o",
+                                                      "test": {"test/acc": 0.99}})
+    metrics = report.run(cfg)
+    assert set(metrics) == set(STRATEGIES)
+    assert metrics["scratch"] == {"k1": pytest.approx(0.405), "k3": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
+    md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    assert "16 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
+    assert "`old_strategy/k1_seed0.json`" in md and "`scratch/k1_seed5.json`" in md
+    assert "Gain over `scratch`" in md and "target labels per class" not in md  # the unit is in the text, the axis is in the figure
+    plot = (tmp_path / "reports" / "plots" / "mnist_to_digits.csv").read_text().splitlines()
+    assert plot[0] == "labels_per_class," + ",".join(STRATEGIES) and len(plot) == 3  # the format dvc.yaml reads
+
+
+def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
+    # transfer.baseline is part of the finetune config digest (finetune.run_params), so the chain is faked with it.
+    from pipeline.stages import report
+
+    cfg = make_cfg("transfer.baseline=structure_transfer")
+    _fake_transfer_chain(cfg, tmp_path)
+    report.run(cfg)
+    md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 ± 0.000 (0/2) ⚠ negative transfer |" in md
+    assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
+        "feature_retrain", "param_transfer", "scratch", "structure_transfer"]  # sorted keys, as before
+    with pytest.raises(PipelineError, match=r"transfer\.baseline='nope'"):
+        report.run(make_cfg("transfer.baseline=nope"))
+    with pytest.raises(PipelineError, match=r"transfer\.baseline='structure_transfer': no runs"):
+        report.run(make_cfg("transfer.baseline=structure_transfer", "strategy=scratch"))
+
+
+def test_transfer_report_after_a_config_change_names_the_missing_runs(make_cfg, tmp_path):
+    from pipeline.stages import report
+
+    _fake_transfer_chain(make_cfg(), tmp_path)
+    with pytest.raises(PipelineError, match=r"no result of the current configuration for .*scratch/k1_seed0\.json.*16 stale"):
+        report.run(make_cfg("transfer.lr=0.5"))
+    assert not (tmp_path / "reports").exists()
+
+
+def test_transfer_report_failure_leaves_no_stray_file(make_cfg, tmp_path):
+    """Defect 4: a step failing after the figure was drawn left a temporary PNG in reports/figures/
+    (and a new report next to old metrics)."""
+    from pipeline.stages import report
+
+    cfg = make_cfg()
+    _fake_transfer_chain(cfg, tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics").write_text("not a directory")  # the metrics file cannot be written
+    with pytest.raises(OSError):
+        report.run(cfg)
+    assert _files(tmp_path / "reports") == ["metrics"]
+
+
+# --------------------------------------------------------------------------------------------------
+# multitask, after the real stage
+
+TINY_MT = ["exp=synthetic_related", "seeds=[1,2]", "multitask.max_epochs=3", "multitask.min_steps_per_epoch=2",
+           "multitask_experiments.synthetic_related.data.n_tasks=3", "multitask_experiments.synthetic_related.data.n_per_task=40",
+           "+multitask_experiments.synthetic_related.schemes=[single_task,mmoe]", "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
+           "multitask.weightings_on=[mmoe]", "multitask.archs.mmoe.expert_hidden=[16]"]
+
+
+@pytest.fixture(scope="module")
+def mt_chain(tmp_path_factory):
+    """prepare + multitask on synthetic_related without `hard`, at seeds 1 and 2."""
+    import os
+
+    from support import compose_cfg
+
+    from pipeline.stages import multitask, prepare
+
+    tmp = tmp_path_factory.mktemp("mt")
+    old = os.getcwd()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(tmp)
+    try:
+        cfg = compose_cfg(tmp, TINY_MT)
+        prepare.run(cfg)
+        results = multitask.run(cfg)
+    finally:
+        os.chdir(old)
+    return tmp, results
+
+
+@pytest.fixture
+def mt_cfg(mt_chain, monkeypatch, tmp_path):
+    """A fresh copy of the multitask chain's outputs for each test, and its config with extra overrides."""
+    import shutil
+
+    from support import compose_cfg
+
+    src, _ = mt_chain
+    shutil.copytree(src / "artifacts", tmp_path / "artifacts")
+    shutil.copy(src / "mlflow.db", tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return lambda *extra: compose_cfg(tmp_path, [*TINY_MT, *extra])
+
+
+def test_multitask_weight_figure_follows_the_runs_present(mt_cfg, tmp_path):
+    """Defect 3: without `hard` the figure was empty and the caption said `hard sharing`; the seed was min(cfg.seeds)."""
+    from pipeline.stages import report
+
+    report.run(mt_cfg())
+    md = (tmp_path / "reports" / "synthetic_related.md").read_text()
+    assert "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`." in md
+    assert "- Gradient conflict under `mmoe+" in md and "(seed 1)" in md
+    assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").read_bytes()[:4] == b"\x89PNG"
+    report.run(mt_cfg("seed=2"))  # one seed selected: the figure and text follow it
+    md = (tmp_path / "reports" / "synthetic_related.md").read_text()
+    assert "Task weights per epoch (seed 2)" in md and "seeds [2]" in md
+
+
+def test_multitask_report_ignores_stale_records_and_lists_skipped_baselines(mt_cfg, tmp_path):
+    """Defects 6 and 7: records of earlier configurations are left out and named; skipped classic baselines are listed."""
+    from pipeline.stages import report
+
+    out = tmp_path / "artifacts" / "synthetic_related" / "multitask"
+    stale = json.loads((out / "mmoe+upgrad" / "seed1.json").read_text())
+    write_json(out / "hard+upgrad" / "seed1.json", stale | {"scheme": "hard", "test": {k: 0.0 for k in stale["test"]}})  # an earlier grid
+    write_json(out / "mmoe+upgrad" / "seed7.json", stale | {"seed": 7})  # an earlier seed list
+    pooled = json.loads((out / "ridge_pooled+sklearn" / "seed0.json").read_text())
+    (out / "ridge_pooled+sklearn" / "seed0.json").unlink()
+    write_json(out / "skipped.json", {"ridge_pooled": "tasks of different kinds"})
+    metrics = report.run(mt_cfg())
+    assert "hard+upgrad" not in metrics["delta_m"] and "ridge_pooled+sklearn" not in metrics["delta_m"]
+    md = (tmp_path / "reports" / "synthetic_related.md").read_text()
+    assert "2 result files of other configurations or runs ignored (stale): `hard+upgrad/seed1.json`, `mmoe+upgrad/seed7.json`." in md
+    assert "- Classic baselines without a result: `ridge_pooled`: tasks of different kinds." in md
+    assert "- Tasks in Δm: 3 of 3, the same for every method." in md
+    # A classic baseline with neither a result nor a reason is said so too.
+    (out / "skipped.json").unlink()
+    report.run(mt_cfg())
+    assert "`ridge_pooled`: no result written and no reason recorded" in (tmp_path / "reports" / "synthetic_related.md").read_text()
+    write_json(out / "ridge_pooled+sklearn" / "seed0.json", pooled)
+    # Another configuration: every neural record is stale, and the report names what is missing.
+    with pytest.raises(PipelineError, match=r"no multitask result of the current configuration for .*single_task\+equal/seed1\.json"):
+        report.run(mt_cfg("multitask.lr=0.5"))
