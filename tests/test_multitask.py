@@ -10,7 +10,7 @@ import torch
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.multitask.training import masked_losses
+from pipeline.training import masked_losses
 from pipeline.report.multitask import delta_m
 from support import mlflow_runs
 
