@@ -93,6 +93,15 @@ def test_incompatible_scheme_and_weighting_names_both(make_cfg):
         multitask.run(cfg)
 
 
+def test_unknown_baseline_is_an_error_naming_the_key(make_cfg):
+    from pipeline.stages import multitask, prepare
+
+    cfg = make_cfg(*TINY_MT, "multitask.baseline=single_task+nope")
+    prepare.run(cfg)
+    with pytest.raises(PipelineError, match=r"multitask\.baseline.*single_task\+nope"):
+        multitask.run(cfg)
+
+
 def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     from pipeline.stages import multitask, prepare, report
 

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import PipelineError
 from pipeline.stages import config_dict, hydra_entry, layout, pick
 
-BASELINE = ("single_task", "equal")
+
+def baseline(mcfg) -> tuple[str, str]:
+    """(scheme, weighting) of `multitask.baseline`, checked against the configured ones."""
+    scheme, _, weighting = mcfg.baseline.partition("+")
+    if scheme not in mcfg.archs or weighting not in mcfg.weightings:
+        raise PipelineError(f"multitask.baseline must be <scheme>+<weighting> of multitask.archs {sorted(mcfg.archs)} and "
+                            f"multitask.weightings {sorted(mcfg.weightings)}, got {mcfg.baseline!r}")
+    return scheme, weighting
 
 
 def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
@@ -34,7 +41,7 @@ def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
 
 
 def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
-    """(scheme, weighting) pairs to run, the single-task baseline first."""
+    """(scheme, weighting) pairs to run, the baseline (`multitask.baseline`) first."""
     from hydra.utils import instantiate
 
     from pipeline.config import settings
@@ -42,6 +49,7 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
 
     (mcfg,) = settings(cfg, "multitask")
     mt = cfg.multitask
+    base = baseline(mcfg)
     # The experiment's own grid (`schemes`, `weightings`; null = all configured), then the selectors.
     schemes = pick(cfg.get("scheme"), pick(exp.get("schemes"), mt.archs.keys(), "scheme in the experiment's schemes"), "scheme")
     weightings = pick(cfg.get("weighting"), pick(exp.get("weightings"), mt.weightings.keys(), "weighting in the experiment's weightings"),
@@ -59,9 +67,9 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
                 for s in schemes}
     pairs = []
     for s, w in itertools.product(schemes, weightings):
-        if s == BASELINE[0] and w != BASELINE[1] and not explicit:
+        if s == base[0] and w != base[1] and not explicit:
             continue  # the baseline is trained once, on plain summed losses
-        if w != BASELINE[1] and s not in weightings_on:
+        if w != base[1] and s not in weightings_on:
             continue
         weighting = build(mt.weightings[w], n_tasks=len(tasks))
         try:
@@ -72,8 +80,8 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
             print(f"multitask: skipping {s}+{w}: the weighting needs shared parameters and {s} shares none")
             continue
         pairs.append((s, w))
-    if cfg.get("scheme") is None and cfg.get("weighting") is None and BASELINE not in pairs:
-        pairs.insert(0, BASELINE)
+    if cfg.get("scheme") is None and cfg.get("weighting") is None and base not in pairs:
+        pairs.insert(0, base)
     return pairs
 
 
