@@ -101,6 +101,7 @@ def test_gradient_cosine_matches_a_hand_computation():
     assert _cosine(x, y)["grad/cos_mean"] == pytest.approx(1 / math.sqrt(10), abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_one_task_module_step_is_a_plain_step_with_group_rates_and_extra_loss():
     torch.manual_seed(0)
     task = TaskSpec("digit", "classification", [str(i) for i in range(4)])
