@@ -5,8 +5,9 @@ pipeline.models.build, batch size and lr from conf `pretrain`, the optimizer fro
 trained on the train split that `prepare` makes of the source data (MNIST sample, UCI 8x8) and
 validated each epoch on its val split.
 
-  ours   pipeline.training.fit(): SupervisedModule, trainer(), TensorLoader, ModelCheckpoint and
-         EarlyStopping (patience > epochs, so every run trains all epochs).
+  ours   pipeline.training.fit(): TaskModule (one task, equal weights), trainer(), TensorLoader,
+         ModelCheckpoint and EarlyStopping (patience > epochs, so every run trains all epochs); the
+         timing callback goes in through fit's `callbacks` argument.
   plain  the same model, optimizer and randperm batches in a hand-written loop; per epoch the same
          validation pass as ours (loss, accuracy and macro-F1 over the val split, pipeline.training.
          task_metrics) and an in-memory copy of the best weights.
@@ -19,7 +20,9 @@ are reported separately. Runs are interleaved (the order rotates each repeat) an
 by wall time and by process CPU time (steadier when other work shares the machine).
 
     PYTHONPATH=src python benchmarks/training_loop.py [--epochs 20] [--repeats 7] [--threads 1]
-    PYTHONPATH=src python benchmarks/training_loop.py --ref <commit>   # adds ours with training.py at <commit>
+    PYTHONPATH=src python benchmarks/training_loop.py --quick   # 3 epochs, 1 repeat, no warm-up: does it run
+
+To compare two revisions, run the script in a checkout of each (the plain loop is the common yardstick).
 """
 
 from __future__ import annotations
@@ -68,50 +71,28 @@ def make_timer():
     return Timer()
 
 
-def training_at(ref: str):
-    """src/pipeline/training.py as committed at git `ref`, imported as its own module (before/after runs)."""
-    import subprocess
-    import types
+def run_ours(cfg, ts, data, arch, epochs):
+    import dataclasses
 
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:src/pipeline/training.py"], capture_output=True, text=True, check=True).stdout
-    name = "pipeline._training_at_ref"
-    module = sys.modules[name] = types.ModuleType(name)  # dataclasses look their module up here
-    exec(compile(text, f"{ref}:src/pipeline/training.py", "exec"), module.__dict__)
-    return module
-
-
-def run_ours(cfg, ts, data, arch, epochs, training=None):
     import torch
     from hydra.utils import instantiate
 
+    from pipeline.config import settings
     from pipeline.models import build
+    from pipeline.training import TaskModule, fit
 
-    if training is None:
-        from pipeline import training
-
-    torch.manual_seed(int(cfg.pretrain.seed))
+    trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
+    trainer_cfg = dataclasses.replace(trainer_cfg, progress_bar=False)
+    pre = dataclasses.replace(pre, max_epochs=epochs, patience=epochs + 1)
+    torch.manual_seed(pre.seed)
     net = build(arch)
-    task = ts.tasks[0]
-    module = training.SupervisedModule(net, task, [{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}], instantiate(cfg.optimizer))
-    train_cfg = {**cfg.trainer, **cfg.pretrain, "max_epochs": epochs, "patience": epochs + 1, "progress_bar": False}
-    timer, made = make_timer(), {}
-    original = training.trainer
-
-    def with_timer(train_cfg, logger=None, callbacks=(), max_epochs=None):
-        made["tr"] = original(train_cfg, logger=logger, callbacks=[*callbacks, timer], max_epochs=max_epochs)
-        return made["tr"]
-
-    training.trainer = with_timer  # fit() looks trainer() up in its module at call time
-    try:
-        t0 = time.perf_counter()
-        result = training.fit(module, data, train_cfg, int(cfg.pretrain.seed))
-        total = time.perf_counter() - t0
-    finally:
-        training.trainer = original
-    tr = made["tr"]
-    ckpt = tr.checkpoint_callback
+    module = TaskModule.single(net, ts.tasks[0], [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer))
+    timer = make_timer()
+    t0 = time.perf_counter()
+    result = fit(module, data, pre, trainer_cfg, pre.seed, callbacks=[timer])
+    total = time.perf_counter() - t0
     return {"steps": result.steps, "epochs": result.epochs, "loop_s": timer.seconds, "cpu_s": timer.cpu, "total_s": total,
-            "val_acc": float(ckpt.best_model_score), "test_acc": result.test["test/acc"]}
+            "val_acc": result.best_val, "test_acc": result.test["test/acc"]}
 
 
 def run_plain(cfg, ts, data, arch, epochs):
@@ -129,7 +110,7 @@ def run_plain(cfg, ts, data, arch, epochs):
     opt = instantiate(cfg.optimizer)([{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}])
     x, y = data["train"]
     xv, yv = data["val"]
-    y, yv = y.long(), yv.long()
+    y, yv = y[:, 0].long(), yv[:, 0].long()  # labels are [n, 1] (one task)
     bs, n = int(cfg.pretrain.batch_size), len(x)
     gen = torch.Generator().manual_seed(seed)
     best, best_state, steps = -1.0, None, 0
@@ -155,7 +136,7 @@ def run_plain(cfg, ts, data, arch, epochs):
     net.load_state_dict(best_state)
     xt, yt = data["test"]
     with torch.no_grad():
-        test = float((net(xt).argmax(-1) == yt.long()).float().mean())
+        test = float((net(xt).argmax(-1) == yt[:, 0].long()).float().mean())
     return {"steps": steps, "epochs": epochs, "loop_s": loop, "cpu_s": cpu, "total_s": time.perf_counter() - t0, "val_acc": best, "test_acc": test}
 
 
@@ -176,13 +157,13 @@ def run_bare(cfg, ts, data, arch, epochs):
 
         def training_step(self, batch, batch_idx):
             x, y = batch
-            loss = F.cross_entropy(self.net(x), y.long())
+            loss = F.cross_entropy(self.net(x), y[:, 0].long())
             self.log("train/loss", loss)
             return loss
 
         def validation_step(self, batch, batch_idx):
             x, y = batch
-            acc = (self.net(x).argmax(-1) == y.long()).float().mean()
+            acc = (self.net(x).argmax(-1) == y[:, 0].long()).float().mean()
             self.log("val/acc", acc)
             self.best = max(self.best, float(acc))
 
@@ -215,8 +196,10 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every variant (default 1)")
     p.add_argument("--variants", default="ours,plain,bare", help="comma-separated subset of ours,plain,bare")
-    p.add_argument("--ref", help="also run ours with src/pipeline/training.py from this git ref (e.g. the commit before a change)")
+    p.add_argument("--quick", action="store_true", help="3 epochs, 1 repeat, no warm-up: a check that the benchmark runs")
     args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.repeats, args.warmup = 3, 1, 0
 
     import warnings
 
@@ -227,17 +210,13 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     torch.set_num_threads(args.threads)
     from pipeline.models import architecture
-    from pipeline.training import _quiet
+    from pipeline.training import quiet
 
-    _quiet()
+    quiet()
     cfg = load_config()
     ts, data = load_data(cfg)
     arch = architecture(cfg.model, ts.x.shape[1], ts.tasks[0].n_outputs)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if args.ref:
-        old = training_at(args.ref)
-        RUNNERS[f"ours@{args.ref}"] = lambda *a: run_ours(*a, training=old)
-        names.insert(1, f"ours@{args.ref}")
     print(f"torch {torch.__version__}  lightning {lightning.__version__}  python {sys.version.split()[0]}  "
           f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}")
     print(f"data: {ts.provenance['adapter']} ({ts.provenance['representation']}), train split {len(data['train'][0])} rows "

@@ -1,6 +1,6 @@
 """Cost of one multitask training step per weighting method, against equal weighting, on real data.
 
-A step is exactly what the multitask stage does per batch (`pipeline.multitask.training.backward_step`
+A step is exactly what the multitask stage does per batch (`pipeline.training.backward_step`
 then the optimizer's step): forward of the hard-sharing network from `conf/multitask/arch/hard.yaml`,
 masked per-task losses, `weighting.backward`, AdamW. Each method trains its own copy of the network
 (same initialisation) on the same batch of real rows:
@@ -46,7 +46,7 @@ def make_step(src, arch_cfg, weighting, batch: int, seed: int = 0):
     import torch
     from hydra.utils import instantiate
 
-    from pipeline.multitask.training import backward_step
+    from pipeline.training import backward_step
 
     rows = np.random.default_rng(seed).choice(len(src.x), size=batch, replace=False)
     x, y = torch.as_tensor(src.x[rows]), torch.as_tensor(src.y[rows])

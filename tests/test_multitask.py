@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.multitask.training import masked_losses
+from pipeline.training import masked_losses
 from pipeline.report.multitask import delta_m
 from support import mlflow_runs
 
@@ -61,6 +62,24 @@ def test_delta_m_sign_convention_on_a_hand_computed_example():
     assert dm["single_task+equal"] == pytest.approx(0.0)
 
 
+def test_classic_baseline_that_does_not_apply_is_reported_with_its_reason(capsys):
+    """Defect 7: ridge_pooled on tasks of different kinds used to vanish from the results silently."""
+    import numpy as np
+
+    from pipeline.data import TaskSet
+    from pipeline.stages.multitask import classic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    y = np.stack([x[:, 0] + 0.1 * rng.normal(size=60), (x[:, 1] > 0).astype(float)], axis=1).astype(np.float32)
+    tasks = [TaskSpec("value", "regression"), TaskSpec("sign", "classification", ["neg", "pos"])]
+    ts = TaskSet(x, y, tasks, {"train": np.arange(40), "val": np.arange(40, 50), "test": np.arange(50, 60)}, [3])
+    fitted, skipped = classic(ts, ["ridge_per_task", "ridge_pooled"])
+    assert [c["scheme"] for c in fitted] == ["ridge_per_task"]
+    assert set(skipped) == {"ridge_pooled"} and "different kinds" in skipped["ridge_pooled"]
+    assert "skipping classic baseline ridge_pooled: tasks of different kinds" in capsys.readouterr().out
+
+
 TINY_MT = ["exp=synthetic_related", "seeds=[0]", "multitask.max_epochs=4", "multitask.min_steps_per_epoch=2",
            "multitask_experiments.synthetic_related.data.n_tasks=3"]
 
@@ -71,6 +90,15 @@ def test_incompatible_scheme_and_weighting_names_both(make_cfg):
     cfg = make_cfg(*TINY_MT, "scheme=single_task", "weighting=upgrad")
     prepare.run(cfg)
     with pytest.raises(PipelineError, match=r"upgrad.*single_task|single_task.*upgrad"):
+        multitask.run(cfg)
+
+
+def test_unknown_baseline_is_an_error_naming_the_key(make_cfg):
+    from pipeline.stages import multitask, prepare
+
+    cfg = make_cfg(*TINY_MT, "multitask.baseline=single_task+nope")
+    prepare.run(cfg)
+    with pytest.raises(PipelineError, match=r"multitask\.baseline.*single_task\+nope"):
         multitask.run(cfg)
 
 
@@ -88,6 +116,7 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     assert {"ridge_per_task", "ridge_pooled"} <= {r["scheme"] for r in results if r.get("classic")}
     pooled = next(r for r in results if r["scheme"] == "ridge_pooled")
     assert pooled["params"]["alpha"] in (0.01, 0.1, 1.0, 10.0, 100.0)  # chosen on the val split
+    assert json.loads((tmp_path / "artifacts" / "synthetic_related" / "multitask" / "skipped.json").read_text()) == {}  # all applied
 
     client, runs = mlflow_runs(cfg, "synthetic_related")
     mt = [r for r in runs if r.data.tags["stage"] == "multitask"]

@@ -57,10 +57,13 @@ def ridge_per_task(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], spli
 
 
 def ridge_pooled(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray],
-                 alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict] | None:
+                 alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict] | str:
+    """As ridge_per_task, or why the tasks cannot be pooled (a string)."""
     kinds = {t.kind for t in tasks}
-    if len(kinds) != 1 or (kinds == {"classification"} and len({tuple(t.classes) for t in tasks}) != 1):
-        return None
+    if len(kinds) != 1:
+        return f"tasks of different kinds ({', '.join(sorted(kinds))}) cannot share one model"
+    if kinds == {"classification"} and len({tuple(t.classes) for t in tasks}) != 1:
+        return "classification tasks with different class sets cannot share one model"
     eye = np.eye(len(tasks), dtype=np.float32)
 
     def stacked(split: str):

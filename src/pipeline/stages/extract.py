@@ -22,8 +22,10 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.knowledge import leep
     from pipeline.models import build, load_checkpoint
     from pipeline.tracking import Tracker
-    from pipeline.training import SupervisedModule, TensorLoader, trainer
+    from pipeline.config import settings
+    from pipeline.training import TaskModule, TensorLoader, trainer
 
+    (trainer_cfg,) = settings(cfg, "trainer")
     name, _ = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
@@ -33,10 +35,10 @@ def run(cfg: DictConfig) -> dict:
     net = build(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
-    module = SupervisedModule(net, src_task, [], optimizer=None)
+    module = TaskModule.single(net, src_task, [], optimizer=None)
     x = torch.as_tensor(tgt.x)
-    loader = TensorLoader(x, torch.zeros(len(x)), batch_size=4096, shuffle=False)
-    batches = trainer({**cfg.trainer, "max_epochs": 1, "progress_bar": False}).predict(module, loader)
+    loader = TensorLoader(x, torch.zeros(len(x), 1), batch_size=4096, shuffle=False)
+    batches = trainer(trainer_cfg, max_epochs=1, progress_bar=False).predict(module, loader)
     feats = torch.cat([f for f, _ in batches]).numpy()
     probs = torch.cat([p for _, p in batches]).numpy()
 

@@ -33,15 +33,17 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.models import load_checkpoint
     from pipeline.stages.pretrain import split_tensors
     from pipeline.tracking import Tracker, digest
-    from pipeline.training import SupervisedModule, fit, selection
+    from pipeline.config import settings
+    from pipeline.training import TaskModule, fit
     from pipeline.transfer import TransferContext
 
+    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
-    val_labels = cfg.transfer.val_labels
+    val_labels = tcfg.val_labels
     if val_labels not in ("budget", "all"):
         from pipeline.errors import PipelineError
 
@@ -54,10 +56,8 @@ def run(cfg: DictConfig) -> list[dict]:
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
-    train_cfg = {**cfg.trainer, **cfg.transfer}
-    train_cfg.pop("strategies")
     tracker = Tracker(name, cfg.tracking.uri)
-    metric = selection(task)[0].split("/")[1]
+    metric = task.primary
     results = []
     for strategy_name in strategies:
         strategy_cfg = cfg.transfer.strategies[strategy_name]
@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> list[dict]:
                     "test": tgt.splits["test"],
                 }
                 torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
-                plan = strategy.build(ctx, float(cfg.transfer.lr))
+                plan = strategy.build(ctx, tcfg.lr)
                 inputs = features if plan.inputs == "features" else tgt.x
                 params = run_params(cfg, strategy_name)
                 uses_source = bool(plan.copied) or plan.inputs == "features"
@@ -81,8 +81,8 @@ def run(cfg: DictConfig) -> list[dict]:
                                  tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
                                  ) as run_id:
                     start = time.perf_counter()
-                    module = SupervisedModule(plan.net, task, plan.param_groups, instantiate(cfg.optimizer), plan.extra_loss)
-                    result = fit(module, split_tensors(tgt, inputs, index), train_cfg, seed, logger=tracker.lightning_logger(run_id))
+                    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer), plan.extra_loss)
+                    result = fit(module, split_tensors(tgt, inputs, index), tcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
                     seconds = time.perf_counter() - start
                     tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/n_train": len(index["train"]),
                                                  "fit/n_copied": len(plan.copied), "fit/n_frozen": len(plan.frozen)})

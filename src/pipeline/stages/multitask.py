@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import PipelineError
 from pipeline.stages import config_dict, hydra_entry, layout, pick
 
-BASELINE = ("single_task", "equal")
+
+def baseline(mcfg) -> tuple[str, str]:
+    """(scheme, weighting) of `multitask.baseline`, checked against the configured ones."""
+    scheme, _, weighting = mcfg.baseline.partition("+")
+    if scheme not in mcfg.archs or weighting not in mcfg.weightings:
+        raise PipelineError(f"multitask.baseline must be <scheme>+<weighting> of multitask.archs {sorted(mcfg.archs)} and "
+                            f"multitask.weightings {sorted(mcfg.weightings)}, got {mcfg.baseline!r}")
+    return scheme, weighting
 
 
 def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
@@ -34,12 +41,15 @@ def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
 
 
 def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
-    """(scheme, weighting) pairs to run, the single-task baseline first."""
+    """(scheme, weighting) pairs to run, the baseline (`multitask.baseline`) first."""
     from hydra.utils import instantiate
 
+    from pipeline.config import settings
     from pipeline.multitask.weighting import build, check_compatible
 
+    (mcfg,) = settings(cfg, "multitask")
     mt = cfg.multitask
+    base = baseline(mcfg)
     # The experiment's own grid (`schemes`, `weightings`; null = all configured), then the selectors.
     schemes = pick(cfg.get("scheme"), pick(exp.get("schemes"), mt.archs.keys(), "scheme in the experiment's schemes"), "scheme")
     weightings = pick(cfg.get("weighting"), pick(exp.get("weightings"), mt.weightings.keys(), "weighting in the experiment's weightings"),
@@ -47,7 +57,7 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     explicit = cfg.get("scheme") is not None and cfg.get("weighting") is not None
     # Schemes every weighting is tried on; the others train with equal weights only (unless a
     # scheme is selected by name). Null: the full schemes x weightings product.
-    weightings_on = exp.get("weightings_on", mt.get("weightings_on"))
+    weightings_on = exp.get("weightings_on", mcfg.weightings_on)
     if weightings_on is not None and cfg.get("scheme") is None:
         weightings_on = pick(weightings_on, mt.archs.keys(), "scheme in weightings_on")
     else:
@@ -57,9 +67,9 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
                 for s in schemes}
     pairs = []
     for s, w in itertools.product(schemes, weightings):
-        if s == BASELINE[0] and w != BASELINE[1] and not explicit:
+        if s == base[0] and w != base[1] and not explicit:
             continue  # the baseline is trained once, on plain summed losses
-        if w != BASELINE[1] and s not in weightings_on:
+        if w != base[1] and s not in weightings_on:
             continue
         weighting = build(mt.weightings[w], n_tasks=len(tasks))
         try:
@@ -70,23 +80,26 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
             print(f"multitask: skipping {s}+{w}: the weighting needs shared parameters and {s} shares none")
             continue
         pairs.append((s, w))
-    if cfg.get("scheme") is None and cfg.get("weighting") is None and BASELINE not in pairs:
-        pairs.insert(0, BASELINE)
+    if cfg.get("scheme") is None and cfg.get("weighting") is None and base not in pairs:
+        pairs.insert(0, base)
     return pairs
 
 
-def classic(ts, names) -> list[dict]:
-    """Test metrics of the scikit-learn baselines, in the same form as the neural runs."""
+def classic(ts, names) -> tuple[list[dict], dict[str, str]]:
+    """Test metrics of the scikit-learn baselines, in the same form as the neural runs, and the
+    baselines that do not apply to these tasks: {name: why} (a baseline returns its reason)."""
     import torch
 
     from pipeline.multitask import baselines
-    from pipeline.multitask.training import per_task_metrics, selection_score
+    from pipeline.training import per_task_metrics, selection_score
 
-    out = []
+    out, skipped = [], {}
     test = ts.splits["test"]
     for name in names:
         fitted = getattr(baselines, name)(ts.x, ts.y, ts.tasks, ts.splits)
-        if fitted is None:
+        if isinstance(fitted, str):
+            skipped[name] = fitted
+            print(f"multitask: skipping classic baseline {name}: {fitted}", flush=True)
             continue
         preds, info = fitted
         outputs = [torch.as_tensor(p[test]) for p in preds]
@@ -95,7 +108,7 @@ def classic(ts, names) -> list[dict]:
         test_metrics = {f"test/{k}": v for k, v in metrics.items()}
         test_metrics["test/score"] = selection_score(ts.tasks, metrics)
         out.append({"scheme": name, "weighting": "sklearn", "seed": 0, "test": test_metrics, "classic": True, "params": info})
-    return out
+    return out, skipped
 
 
 def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
@@ -111,20 +124,20 @@ def run(cfg: DictConfig) -> list[dict]:
     from hydra.utils import instantiate
 
     from pipeline.data import TaskSet
+    from pipeline.config import settings
     from pipeline.io import write_json
-    from pipeline.multitask.training import MultitaskModule
-    from pipeline.training import fit
     from pipeline.multitask.weighting import build
     from pipeline.stages import experiment
     from pipeline.tracking import Tracker, digest
+    from pipeline.training import TaskModule, fit
 
+    trainer_cfg, mcfg = settings(cfg, "trainer", "multitask")
     name, exp = experiment(cfg, "multitask")
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     mt = cfg.multitask
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
-    train_cfg = {**cfg.trainer, **{k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic")}}
     tracker = Tracker(name, cfg.tracking.uri)
     x, y = torch.as_tensor(ts.x), torch.as_tensor(ts.y)
     data = {s: (x[i], y[i]) for s, i in ts.splits.items()}
@@ -136,13 +149,13 @@ def run(cfg: DictConfig) -> list[dict]:
             torch.manual_seed(seed)
             net = instantiate(arch, _partial_=True)(input_dim=ts.x.shape[1], tasks=ts.tasks)  # tasks stay TaskSpec objects
             weighting = build(mt.weightings[wname], n_tasks=len(ts.tasks))
-            module = MultitaskModule(net, ts.tasks, weighting, instantiate(cfg.optimizer), float(mt.lr))
-            params = {"multitask": train_cfg, "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
+            module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer), weighting)
+            params = {"multitask": run_params(cfg, scheme, wname)["multitask"], "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
                       "optimizer": OmegaConf.to_container(cfg.optimizer)}
             method = f"{scheme}+{wname}"
             with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params,
                              tags={"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}) as run_id:
-                res = fit(module, data, train_cfg, seed, logger=tracker.lightning_logger(run_id))
+                res = fit(module, data, mcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
                 candidates.append({"scheme": scheme, "weighting": wname, "seed": int(seed), "run_id": run_id, "arch": arch,
                                    "test": res.test, "best_val": res.best_val, "best_epoch": res.best_epoch, "history": module.history})
         chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
@@ -153,8 +166,10 @@ def run(cfg: DictConfig) -> list[dict]:
         results.append(chosen)
         print(f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
               f"{chosen['seconds']:5.1f}s", flush=True)
+    skipped = None
     if cfg.get("scheme") is None and cfg.get("weighting") is None:
-        for c in classic(ts, list(mt.classic)):
+        fitted, skipped = classic(ts, mcfg.classic)
+        for c in fitted:
             # Deterministic fits: one MLflow run each, next to the neural runs it is compared with.
             method = f"{c['scheme']}+sklearn"
             with tracker.run("multitask", variant=method, data_hash=ts.data_hash, params={"classic": c["params"]},
@@ -167,6 +182,8 @@ def run(cfg: DictConfig) -> list[dict]:
     # Written once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.multitask / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)
+    if skipped is not None:
+        write_json(paths.multitask / "skipped.json", skipped)  # the classic baselines that did not apply, and why
     return results
 
 

@@ -11,12 +11,12 @@ from pipeline.stages import config_dict, experiment, hydra_entry, layout
 
 
 def split_tensors(ts, x=None, index=None):
-    """{split: (inputs, labels)} tensors for a single-task set, optionally on other inputs/indices."""
+    """{split: (inputs, labels [n, 1])} tensors for a single-task set, optionally on other inputs/indices."""
     import torch
 
     x = ts.x if x is None else x
     index = index or ts.splits
-    return {s: (torch.as_tensor(x[i]), torch.as_tensor(ts.y[i, 0])) for s, i in index.items()}
+    return {s: (torch.as_tensor(x[i]), torch.as_tensor(ts.y[i][:, :1])) for s, i in index.items()}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -27,13 +27,15 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.io import atomic_dir, write_json
     from pipeline.models import architecture, build, save_checkpoint
     from pipeline.tracking import Tracker
-    from pipeline.training import SupervisedModule, fit
+    from pipeline.config import settings
+    from pipeline.training import TaskModule, fit
 
+    trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
     name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     src = TaskSet.load(paths.data / "source")
     task = src.tasks[0]
-    seed = int(cfg.pretrain.seed)
+    seed = pre.seed
     arch = architecture(cfg.model, src.x.shape[1], task.n_outputs)
     torch.manual_seed(seed)
     net = build(arch)
@@ -41,8 +43,8 @@ def run(cfg: DictConfig) -> dict:
     params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
     with tracker.run("pretrain", variant="source", seed=seed, data_hash=src.data_hash, params=params) as run_id:
         start = time.perf_counter()
-        module = SupervisedModule(net, task, [{"params": list(net.parameters()), "lr": float(cfg.pretrain.lr)}], instantiate(cfg.optimizer))
-        result = fit(module, split_tensors(src), {**cfg.trainer, **cfg.pretrain}, seed, logger=tracker.lightning_logger(run_id))
+        module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer))
+        result = fit(module, split_tensors(src), pre, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
         seconds = time.perf_counter() - start
         tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
         summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": result.test, "best_epoch": result.best_epoch,
@@ -50,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
         with atomic_dir(paths.source) as tmp:
             save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
             write_json(tmp / "summary.json", summary)
-    metric = "acc" if task.kind == "classification" else "rmse"
+    metric = task.primary
     print(f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id}")
     return summary
 

@@ -1,0 +1,86 @@
+"""Losses and metrics over T tasks whose labels are NaN where a sample has none, and the score that
+selects a model."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch.nn import functional as F
+
+from pipeline.data import TaskSpec
+
+
+def task_metrics(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy and macro-F1 for classes, RMSE and R² for values (torchmetrics)."""
+    from torchmetrics.functional import mean_squared_error, r2_score
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    if task.kind == "classification":
+        n = task.n_outputs
+        target = y.long()
+        return {
+            "acc": multiclass_accuracy(out, target, num_classes=n, average="micro"),
+            "f1": multiclass_f1_score(out, target, num_classes=n, average="macro"),
+        }
+    pred = out.squeeze(-1)
+    return {"rmse": mean_squared_error(pred, y).sqrt() * task.scale, "r2": r2_score(pred, y)}
+
+
+def masked_losses(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+    """T per-task mean losses over labelled entries of y [N, T]; 0 (no graph) for a task absent from the batch.
+
+    A list, not a stacked tensor: a weighting that back-propagates one task at a time would otherwise
+    run through every other task's head too."""
+    losses = []
+    for t, (task, out) in enumerate(zip(tasks, outputs)):
+        mask = ~torch.isnan(y[:, t])
+        n = int(mask.sum())
+        if n == 0:
+            losses.append(out.new_zeros(()))
+            continue
+        target = y[:, t]
+        if n < len(mask):  # fully labelled (every single-task batch): no copies
+            out, target = out[mask], target[mask]
+        if task.kind == "classification":
+            losses.append(F.cross_entropy(out, target.long()))
+        else:
+            losses.append(F.mse_loss(out.squeeze(-1), target))
+    return losses
+
+
+def per_task_metrics(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor], y: torch.Tensor, task_names: bool = True) -> dict[str, float]:
+    """`<task>/<metric>` over each task's labelled entries (a task with fewer than 2 is left out);
+    `<metric>` alone with task_names=False (one task)."""
+    values: dict[str, float] = {}
+    for t, (task, out) in enumerate(zip(tasks, outputs)):
+        mask = ~torch.isnan(y[:, t])
+        if int(mask.sum()) < 2:
+            continue
+        for k, v in task_metrics(task, out[mask], y[mask, t]).items():
+            values[f"{task.name}/{k}" if task_names else k] = float(v)
+    return values
+
+
+def selection_score(tasks: Sequence[TaskSpec], metrics: dict[str, float]) -> float:
+    """Mean over tasks of accuracy (classification) or 1 - MSE in units of the train split's target
+    variance (regression): comparable across tasks, higher is better. Not R²: R² divides by the
+    variance of the few rows a task has in the evaluated split, which is noise when a task has ten
+    validation rows (one school), and model selection would follow that noise."""
+    scores = []
+    for t in tasks:
+        if t.kind == "classification":
+            scores.append(metrics.get(f"{t.name}/acc"))
+        elif f"{t.name}/rmse" in metrics:
+            scores.append(1.0 - (metrics[f"{t.name}/rmse"] / t.scale) ** 2)  # targets were standardised by t.scale
+    scores = [s for s in scores if s is not None and math.isfinite(s)]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def selection(tasks: Sequence[TaskSpec]) -> tuple[str, str]:
+    """The validation metric that picks the best epoch, and whether it is maximised: one task's
+    primary metric in its direction; for several tasks `val/score` (selection_score)."""
+    if len(tasks) == 1:
+        return f"val/{tasks[0].primary}", "max" if tasks[0].higher_is_better else "min"
+    return "val/score", "max"

@@ -1,0 +1,210 @@
+"""One Lightning module for one task or many: the weighting method owns the backward pass.
+
+A multitask net maps x to (per-task outputs, shared features) and says which parameters the tasks
+share (`pipeline.multitask.architectures.MultitaskNet`); a single-task backbone -> head `Net` is
+seen through `OneTaskNet` as a multitask net of one task, trained with equal weights, so single-task
+training is multitask training with T = 1. Per step the loss is
+
+    L = sum_t w_t L_t + Omega(net),
+
+where L_t are the masked per-task losses (labels are NaN where a sample has none), w_t are set by
+the weighting (or it aggregates task gradients instead), and Omega is the net's `penalty()`: soft
+sharing's coupling, or a transfer strategy's `extra_loss`. Parameter groups keep their own
+learning rates (transfer plans).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.data import TaskSpec
+from pipeline.training.metrics import masked_losses, per_task_metrics, selection, selection_score
+
+
+class OneTaskNet(nn.Module):
+    """A backbone -> head `Net` as a multitask net of one task: outputs [head(z)], features [z],
+    nothing shared; `extra_loss(net)` (a transfer strategy's term, or None) is its penalty."""
+
+    def __init__(self, net: nn.Module, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.extra_loss = extra_loss
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        z = self.net.backbone(x)
+        return [self.net.head(z)], [z]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def task_parameters(self, t: int) -> list[nn.Parameter]:
+        return list(self.net.parameters())
+
+    def penalty(self) -> torch.Tensor | None:
+        return None if self.extra_loss is None else self.extra_loss(self.net)
+
+
+def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One step's forward and backward pass (the optimizer's step is the caller's): the per-task
+    losses and the task weights the weighting applied. The penalty's gradient accumulates with the
+    weighting's, so it is the gradient of the sum above."""
+    outputs, features = net(x)
+    losses = masked_losses(tasks, outputs, y)
+    penalty = net.penalty()
+    if penalty is not None:
+        penalty.backward()
+    weights = weighting.backward(losses, net.shared_parameters(), features, [net.task_parameters(t) for t in range(len(tasks))])
+    return losses, weights
+
+
+# Plain attributes written many times per step: Lightning's `_current_fx_name` (around every hook
+# call) and our loss counters. nn.Module.__setattr__'s type checks cost ~10x a plain write.
+_PLAIN_ATTRS = frozenset({"_current_fx_name", "_sums", "_weights", "_steps", "_probe"})
+
+
+class TaskModule(L.LightningModule):
+    """Trains `net` on `tasks` (labels y [N, T]). param_groups: [{"params", "lr", ...}], groups with
+    no trainable parameter left out; the weighting's own parameters (e.g. log-variances) train at
+    the first group's rate. weighting: None = equal weights. Model selection follows `monitor()`:
+    one task's primary metric (`val/acc`, `val/rmse`) in its direction, or `val/score` for several.
+    Metrics are `<split>/<metric>` for one task, `<split>/<task>/<metric>` and `<split>/score` for several."""
+
+    def __init__(self, net: nn.Module, tasks: Sequence[TaskSpec], param_groups: Sequence[Mapping[str, Any]],
+                 optimizer: Callable[..., torch.optim.Optimizer] | None, weighting: nn.Module | None = None,
+                 log_gradient_cosine: bool = True) -> None:
+        super().__init__()
+        from pipeline.multitask.weighting.equal import Equal
+
+        # Manual optimization: the weighting decides how task losses become one update, and the
+        # automatic closure (zero_grad/step hook calls, closure and result objects) cost ~0.25 ms a
+        # step, ~10% of a step of the default MLP on CPU. LightningOptimizer.step's hooks still run.
+        self.automatic_optimization = False
+        self.net = net
+        self.tasks = list(tasks)
+        self.weighting = weighting if weighting is not None else Equal(len(self.tasks))
+        self.param_groups = [dict(g) for g in param_groups]
+        self.optimizer_factory = optimizer
+        self.log_gradient_cosine = log_gradient_cosine and len(self.tasks) > 1
+        self._sums: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
+        self._steps = 0
+        self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []  # per-epoch weights and gradient cosines (several tasks), for the report
+        self.test_results: dict[str, float] = {}
+
+    @classmethod
+    def single(cls, net: nn.Module, task: TaskSpec, param_groups: Sequence[Mapping[str, Any]],
+               optimizer: Callable[..., torch.optim.Optimizer] | None, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> "TaskModule":
+        """One task on a backbone -> head `Net`, equal weights (labels y [N, 1])."""
+        return cls(OneTaskNet(net, extra_loss), [task], param_groups, optimizer)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_ATTRS:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x)
+
+    def monitor(self) -> tuple[str, str]:
+        return selection(self.tasks)
+
+    def configure_optimizers(self):
+        groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups if any(p.requires_grad for p in g["params"])]
+        extra = list(self.weighting.extra_parameters())
+        if extra:
+            groups.append({"params": extra, "lr": self.param_groups[0]["lr"]})
+        return self.optimizer_factory(groups)
+
+    def training_step(self, batch, batch_idx):
+        # A batch is one (x, y) minibatch, or a group of them from TensorLoader(steps_per_batch=k).
+        opt = self.optimizers()
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            if self._probe is None and self.log_gradient_cosine:
+                self._probe = (x, y)
+            opt.zero_grad(set_to_none=True)
+            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, y)
+            opt.step()
+            # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
+            d = torch.stack(losses).detach()
+            self._sums = d if self._sums is None else self._sums + d
+            self._weights = weights if self._weights is None else self._weights + weights
+            self._steps += 1
+
+    def on_train_epoch_end(self) -> None:
+        if not self._steps:
+            return
+        mean_losses = self._sums / self._steps
+        record = {"train/loss": float(mean_losses.sum())}
+        if len(self.tasks) > 1:
+            for task, loss, w in zip(self.tasks, mean_losses.tolist(), (self._weights / self._steps).tolist()):
+                record[f"train/{task.name}/loss"] = loss
+                record[f"weight/{task.name}"] = w
+            if self._probe is not None:
+                record.update(self.gradient_cosine(*self._probe))
+            self.history.append({"epoch": self.current_epoch, **record})
+        self._to_loggers(record)
+        self.weighting.on_epoch_end(mean_losses)
+        self._sums = self._weights = self._probe = None
+        self._steps = 0
+
+    def gradient_cosine(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Cosine similarity between task gradients on the shared parameters (one batch per epoch),
+        cos_ij = <g_i, g_j> / (|g_i| |g_j|), g_t = d L_t / d theta_shared; mean and min over i != j.
+        Negative values are conflicting tasks, the case gradient aggregators are designed for."""
+        shared = self.net.shared_parameters()
+        if not shared or len(self.tasks) < 2:
+            return {}
+        outputs, _ = self.net(x)
+        losses = masked_losses(self.tasks, outputs, y)
+        grads = []
+        for t in range(len(self.tasks)):
+            if not losses[t].requires_grad:
+                continue
+            g = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
+            grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, shared)]))
+        if len(grads) < 2:
+            return {}
+        G = F.normalize(torch.stack(grads), dim=1)
+        cos = G @ G.T
+        off = cos[~torch.eye(len(grads), dtype=torch.bool)]
+        return {"grad/cos_mean": float(off.mean()), "grad/cos_min": float(off.min())}
+
+    def _to_loggers(self, values: Mapping[str, float]) -> None:
+        """Metrics no callback monitors go straight to the loggers: `self.log` costs ~0.5-1 ms per
+        key in result bookkeeping, a large share of a small model's epoch."""
+        for logger in self.loggers:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, step=self.global_step)
+
+    def _evaluate(self, batch, prefix: str) -> dict[str, float]:
+        x, y = batch
+        outputs, _ = self.net(x)
+        one = len(self.tasks) == 1
+        metrics = per_task_metrics(self.tasks, outputs, y, task_names=not one)
+        loss = {f"{prefix}/loss": float(sum(masked_losses(self.tasks, outputs, y)))}
+        values = {f"{prefix}/{k}": v for k, v in metrics.items()}
+        values = {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(self.tasks, metrics), **loss}
+        monitor = self.monitor()[0].replace("val/", f"{prefix}/")
+        self.log(monitor, values[monitor], batch_size=len(x))  # ModelCheckpoint and EarlyStopping read it
+        self._to_loggers({k: v for k, v in values.items() if k != monitor})
+        return values
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.test_results = self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """(features, outputs), class probabilities for classification tasks; for one task its own
+        tensors, for several the per-task lists."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs, features = self.net(x)
+        outputs = [o.softmax(-1) if task.kind == "classification" else o for o, task in zip(outputs, self.tasks)]
+        return (features[0], outputs[0]) if len(self.tasks) == 1 else (features, outputs)

@@ -1,0 +1,126 @@
+"""The training package: TensorLoader's grouping, the selection score, the gradient cosine, and the
+one module trained with one task doing exactly a plain optimisation step."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.config import TrainerConfig
+from pipeline.data import TaskSpec
+from pipeline.models import architecture, build
+from pipeline.training import TaskModule, TensorLoader, selection_score, trainer
+
+SETTINGS = TrainerConfig(accelerator="cpu", num_threads=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 7])
+def test_grouped_loader_yields_the_same_minibatches_in_the_same_order(k):
+    x, y = torch.arange(23.0)[:, None], torch.arange(23.0)[:, None] * 10
+    plain = list(TensorLoader(x, y, batch_size=4, seed=5, min_batches=10))
+    grouped = list(TensorLoader(x, y, batch_size=4, seed=5, min_batches=10, steps_per_batch=k))
+    assert len(grouped) == len(TensorLoader(x, y, batch_size=4, seed=5, min_batches=10, steps_per_batch=k)) == math.ceil(len(plain) / k)
+    assert all(isinstance(g, list) for g in grouped)
+    assert [len(g) for g in grouped[:-1]] == [k] * (len(grouped) - 1) and 1 <= len(grouped[-1]) <= k
+    flat = [pair for g in grouped for pair in g]
+    assert len(flat) == len(plain)
+    for (xa, ya), (xb, yb) in zip(plain, flat):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_min_batches_stretches_an_epoch_over_whole_shuffled_passes():
+    x = torch.arange(10.0)[:, None]
+    loader = TensorLoader(x, x, batch_size=4, seed=0, min_batches=7)
+    batches = list(loader)
+    # 3 minibatches per pass (4 + 4 + 2 rows): 7 asked for -> 3 whole passes, 9 steps.
+    assert loader.steps() == len(loader) == len(batches) == 9
+    passes = [torch.cat([b[0] for b in batches[i : i + 3]]).flatten().sort().values for i in (0, 3, 6)]
+    assert all(torch.equal(p, x.flatten()) for p in passes)  # each pass sees every row once
+    assert len({tuple(torch.cat([b[0] for b in batches[i : i + 3]]).flatten().tolist()) for i in (0, 3, 6)}) > 1  # reshuffled
+    assert len(list(TensorLoader(x, x, batch_size=4, seed=0, min_batches=1))) == 3
+
+
+def test_selection_score_on_hand_values():
+    tasks = [TaskSpec("digit", "classification", ["0", "1"]), TaskSpec("price", "regression", scale=2.0), TaskSpec("rent", "regression")]
+    # digit: 0.8; price: 1 - (1.0 / 2)^2 = 0.75; rent: 1 - 0.5^2 = 0.75 -> mean 0.7666...
+    metrics = {"digit/acc": 0.8, "price/rmse": 1.0, "price/r2": -5.0, "rent/rmse": 0.5}
+    assert selection_score(tasks, metrics) == pytest.approx((0.8 + 0.75 + 0.75) / 3)
+    # A task without metrics (too few labels) or with a NaN one is left out of the mean.
+    assert selection_score(tasks, {"digit/acc": 0.8, "price/rmse": float("nan")}) == pytest.approx(0.8)
+    assert math.isnan(selection_score(tasks, {}))
+
+
+class _Shared(nn.Module):
+    """z = w.x shared by two regression tasks whose heads are the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            self.trunk.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
+
+    def forward(self, x):
+        z = self.trunk(x)
+        return [z, z], [z]
+
+    def shared_parameters(self):
+        return list(self.trunk.parameters())
+
+    def task_parameters(self, t):
+        return []
+
+    def penalty(self):
+        return None
+
+
+def _cosine(x, y):
+    tasks = [TaskSpec("a", "regression"), TaskSpec("b", "regression")]
+    net = _Shared()
+    return TaskModule(net, tasks, [{"params": list(net.parameters()), "lr": 0.1}], None).gradient_cosine(x, y)
+
+
+def test_gradient_cosine_identical_tasks_is_one_and_opposed_is_minus_one():
+    x = torch.tensor([[1.0, 2.0, 3.0]])  # z = 0.5 - 2 + 6 = 4.5
+    same = _cosine(x, torch.tensor([[1.0, 1.0]]))
+    assert same["grad/cos_mean"] == pytest.approx(1.0) and same["grad/cos_min"] == pytest.approx(1.0)
+    # Residuals z - y of +1 and -1: gradients 2 (z - y) x point opposite ways.
+    opposed = _cosine(x, torch.tensor([[3.5, 5.5]]))
+    assert opposed["grad/cos_mean"] == pytest.approx(-1.0) and opposed["grad/cos_min"] == pytest.approx(-1.0)
+
+
+def test_gradient_cosine_matches_a_hand_computation():
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # z = [0.5, -1.0]
+    y = torch.tensor([[0.5 - 1.0, 0.5 - 2.0], [-1.0 + 1.0, -1.0 - 1.0]])  # residuals z - y a: (1, -1), b: (2, 1)
+    # g_t = (2 / N) sum_i r_it x_i: g_a = (1, -1, 0), g_b = (2, 1, 0); cos = (2 - 1) / (sqrt 2 sqrt 5).
+    assert _cosine(x, y)["grad/cos_mean"] == pytest.approx(1 / math.sqrt(10), abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+def test_one_task_module_step_is_a_plain_step_with_group_rates_and_extra_loss():
+    torch.manual_seed(0)
+    task = TaskSpec("digit", "classification", [str(i) for i in range(4)])
+    net = build(architecture({"_target_": "pipeline.models.MLP", "hidden": [8], "dropout": 0.0}, 5, 4))
+    ref, init = copy.deepcopy(net), copy.deepcopy(net)
+    x, y = torch.randn(12, 5), torch.randint(0, 4, (12,)).float()
+    extra = lambda n: 0.5 * (n.head.weight ** 2).sum()  # noqa: E731
+    sgd = functools.partial(torch.optim.SGD, momentum=0.0)
+
+    groups = [{"params": list(net.backbone.parameters()), "lr": 0.1}, {"params": list(net.head.parameters()), "lr": 0.01}]
+    module = TaskModule.single(net, task, groups, sgd, extra_loss=extra)
+    tr = trainer(SETTINGS, max_epochs=1)
+    tr.fit(module, TensorLoader(x, y[:, None], batch_size=len(x), shuffle=False))
+    assert tr.global_step == 1
+
+    opt = sgd([{"params": list(ref.backbone.parameters()), "lr": 0.1}, {"params": list(ref.head.parameters()), "lr": 0.01}])
+    opt.zero_grad()
+    (F.cross_entropy(ref(x), y.long()) + extra(ref)).backward()
+    opt.step()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, atol=1e-7), name
+    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), init.parameters()))  # every group took the step
