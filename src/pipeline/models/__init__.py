@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, instantiate
 
 
 ACTIVATIONS = {"relu": torch.relu, "identity": lambda x: x}
@@ -61,9 +61,7 @@ class Net(nn.Module):
 
 def build(arch: Mapping[str, Any]) -> Net:
     """`arch` = {"backbone": {_target_, input_dim, ...}, "n_outputs": int}, as saved in checkpoints."""
-    from hydra.utils import instantiate
-
-    backbone = instantiate(dict(arch["backbone"]))
+    backbone = instantiate(dict(arch["backbone"]), "model backbone")
     return Net(backbone, nn.Linear(backbone.out_dim, int(arch["n_outputs"])))
 
 

@@ -86,6 +86,11 @@ def pick(selected: Any, available: Iterable[Any], what: str) -> list:
     return chosen
 
 
+# Trainer settings that cannot change a run's results: left out of the config digests, so that
+# toggling them does not make earlier results look stale.
+NO_EFFECT = ("progress_bar",)
+
+
 def config_dict(cfg: DictConfig, *keys: str) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
 

@@ -12,21 +12,21 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline.stages import config_dict, experiment, hydra_entry, layout, pick
+from pipeline.errors import instantiate
+from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
 
 
 def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     """What one strategy's runs are configured with: logged as MLflow params, and digested into each
     result record so the report can tell results of the current configuration from stale ones."""
-    train_cfg = {k: v for k, v in config_dict(cfg, "trainer", "transfer")["trainer"].items()}
-    train_cfg.update({k: v for k, v in config_dict(cfg, "transfer")["transfer"].items() if k != "strategies"})
-    return config_dict(cfg, "model", "optimizer") | {"transfer": train_cfg, "strategy": config_dict(cfg.transfer.strategies, strategy_name)[strategy_name]}
+    fit_cfg = {k: v for k, v in config_dict(cfg, "trainer")["trainer"].items() if k not in NO_EFFECT}
+    fit_cfg.update({k: v for k, v in config_dict(cfg, "transfer")["transfer"].items() if k not in ("strategies", "baseline")})
+    return config_dict(cfg, "model", "optimizer") | {"transfer": fit_cfg, "strategy": config_dict(cfg.transfer.strategies, strategy_name)[strategy_name]}
 
 
 def run(cfg: DictConfig) -> list[dict]:
     import numpy as np
     import torch
-    from hydra.utils import instantiate
 
     from pipeline.data import TaskSet, label_budget
     from pipeline.io import read_json, write_json
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> list[dict]:
     results = []
     for strategy_name in strategies:
         strategy_cfg = cfg.transfer.strategies[strategy_name]
-        strategy = instantiate(strategy_cfg)
+        strategy = instantiate(strategy_cfg, f"transfer strategy {strategy_name}")
         for k in budgets:
             for seed in seeds:
                 # Budget subsets nest across k at a fixed seed; validation labels follow the same budget
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> list[dict]:
                                  tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
                                  ) as run_id:
                     start = time.perf_counter()
-                    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer), plan.extra_loss)
+                    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer, "optimizer"), plan.extra_loss)
                     result = fit(module, split_tensors(tgt, inputs, index), tcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
                     seconds = time.perf_counter() - start
                     tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/n_train": len(index["train"]),

@@ -16,8 +16,8 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError
-from pipeline.stages import config_dict, hydra_entry, layout, pick
+from pipeline.errors import PipelineError, instantiate
+from pipeline.stages import NO_EFFECT, config_dict, hydra_entry, layout, pick
 
 
 def baseline(mcfg) -> tuple[str, str]:
@@ -42,7 +42,6 @@ def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
 
 def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
     """(scheme, weighting) pairs to run, the baseline (`multitask.baseline`) first."""
-    from hydra.utils import instantiate
 
     from pipeline.config import settings
     from pipeline.multitask.weighting import build, check_compatible
@@ -63,7 +62,7 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     else:
         weightings_on = schemes
     # How many parameters each scheme shares decides which weightings apply; build each net once.
-    n_shared = {s: len(instantiate(auto_candidates(mt.archs[s])[0], _partial_=True)(input_dim=input_dim, tasks=tasks).shared_parameters())
+    n_shared = {s: len(instantiate(auto_candidates(mt.archs[s])[0], f"scheme {s}", input_dim=input_dim, tasks=tasks).shared_parameters())
                 for s in schemes}
     pairs = []
     for s, w in itertools.product(schemes, weightings):
@@ -115,13 +114,14 @@ def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
     """The configuration of one scheme x weighting (its `auto` knobs unresolved): digested into each
     result record so the report can tell results of the current configuration from stale ones."""
     mt = config_dict(cfg, "multitask")["multitask"]
-    fit_cfg = config_dict(cfg, "trainer")["trainer"] | {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic")}
+    # Left out: what selects runs or reports on them, not how one run trains.
+    fit_cfg = {k: v for k, v in config_dict(cfg, "trainer")["trainer"].items() if k not in NO_EFFECT}
+    fit_cfg |= {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic", "baseline", "weightings_on")}
     return {"multitask": fit_cfg, "arch": mt["archs"][scheme], "weighting": mt["weightings"][wname], "optimizer": config_dict(cfg, "optimizer")["optimizer"]}
 
 
 def run(cfg: DictConfig) -> list[dict]:
     import torch
-    from hydra.utils import instantiate
 
     from pipeline.data import TaskSet
     from pipeline.config import settings
@@ -147,9 +147,9 @@ def run(cfg: DictConfig) -> list[dict]:
         candidates = []
         for arch in auto_candidates(mt.archs[scheme]):
             torch.manual_seed(seed)
-            net = instantiate(arch, _partial_=True)(input_dim=ts.x.shape[1], tasks=ts.tasks)  # tasks stay TaskSpec objects
+            net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
             weighting = build(mt.weightings[wname], n_tasks=len(ts.tasks))
-            module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer), weighting)
+            module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer, "optimizer"), weighting)
             params = {"multitask": run_params(cfg, scheme, wname)["multitask"], "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
                       "optimizer": OmegaConf.to_container(cfg.optimizer)}
             method = f"{scheme}+{wname}"

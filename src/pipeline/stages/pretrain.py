@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig
 
+from pipeline.errors import instantiate
 from pipeline.stages import config_dict, experiment, hydra_entry, layout
 
 
@@ -21,7 +22,6 @@ def split_tensors(ts, x=None, index=None):
 
 def run(cfg: DictConfig) -> dict:
     import torch
-    from hydra.utils import instantiate
 
     from pipeline.data import TaskSet
     from pipeline.io import atomic_dir, write_json
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict:
     params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
     with tracker.run("pretrain", variant="source", seed=seed, data_hash=src.data_hash, params=params) as run_id:
         start = time.perf_counter()
-        module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer))
+        module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
         result = fit(module, split_tensors(src), pre, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
         seconds = time.perf_counter() - start
         tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
