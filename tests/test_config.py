@@ -55,3 +55,19 @@ def test_cli_misspelt_key_exits_2_naming_it(tmp_path, stage, override, key):
     proc = run_cli(stage, override, cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("stage, override, message", [
+    ("multitask", "+multitask_experiments.star.weighting=[equal]", r"multitask_experiments\.star\.weighting.*did you mean weightings"),
+    ("prepare", "+experiments.mnist_to_digits.budget=[1]", r"experiments\.mnist_to_digits\.budget.*did you mean budgets"),
+    ("prepare", "+experiments.mnist_to_digits.split.tset=0.2", r"experiments\.mnist_to_digits\.split\.tset"),
+    ("prepare", "experiments.mnist_to_digits.split.val=a_quarter", r"experiments\.mnist_to_digits\.split\.val"),
+])
+def test_experiment_keys_are_checked(make_cfg, stage, override, message):
+    """An experiment's own keys: a misspelt `weightings` would silently run the whole grid."""
+    import importlib
+
+    run = importlib.import_module(f"pipeline.stages.{stage}").run
+    exp = "star" if "star" in override else "mnist_to_digits"
+    with pytest.raises(PipelineError, match=message):
+        run(make_cfg(f"exp={exp}", override))

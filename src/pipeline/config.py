@@ -62,16 +62,54 @@ class MultitaskConfig(FitConfig):
     weightings: Dict[str, Any] = MISSING
 
 
+@dataclass
+class SplitConfig:
+    """Fractions of the rows (or groups) held out for validation and test, and the split's seed."""
+
+    val: float = MISSING
+    test: float = MISSING
+    seed: int = MISSING
+
+
+# Keys an experiment node may have (conf/experiment/); data nodes are the adapters' own arguments,
+# checked against their signatures when instantiated. Optional keys may be absent: `weightings_on`
+# absent means the study's `multitask.weightings_on`, null the full product.
+EXPERIMENT_KEYS = {
+    "transfer": {"source", "target", "split", "budgets"},
+    "multitask": {"data", "split", "schemes", "weightings", "weightings_on"},
+}
+REQUIRED_EXPERIMENT_KEYS = {"transfer": {"source", "target", "split", "budgets"}, "multitask": {"data", "split"}}
+
+
+def check_experiment(node: DictConfig, where: str, kind: str) -> None:
+    """An experiment node's keys (a misspelt `weightings` would silently run the whole grid) and split."""
+    keys = {str(k) for k in node.keys()}
+    unknown = sorted(keys - EXPERIMENT_KEYS[kind])
+    if unknown:
+        close = {k: difflib.get_close_matches(k, EXPERIMENT_KEYS[kind], n=1) for k in unknown}
+        hints = "".join(f" ({where}.{k}: did you mean {c[0]}?)" for k, c in close.items() if c)
+        raise PipelineError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}{hints}; a {kind} experiment takes {sorted(EXPERIMENT_KEYS[kind])}")
+    absent = sorted(REQUIRED_EXPERIMENT_KEYS[kind] - keys)
+    if absent:
+        raise PipelineError(f"{where} lacks {[f'{where}.{k}' for k in absent]}")
+    _merge(SplitConfig, node.split, f"{where}.split")
+
+
 SCHEMAS = {"trainer": TrainerConfig, "pretrain": PretrainConfig, "transfer": TransferConfig, "multitask": MultitaskConfig}
 
 
 def validate(node: Any, name: str):
     """`node` checked against the schema of config node `name`: the dataclass instance."""
-    from omegaconf.errors import ConfigKeyError, ValidationError
-
     schema = SCHEMAS[name]
     if not OmegaConf.is_config(node) and not isinstance(node, dict):
         raise PipelineError(f"config node {name} must be a mapping of {sorted(f.name for f in fields(schema))}, got {node!r}")
+    return OmegaConf.to_object(_merge(schema, node, name))
+
+
+def _merge(schema: type, node: Any, name: str):
+    """`node` merged onto `schema`: unknown keys, wrong types and missing keys are errors naming them."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
     container = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
@@ -85,7 +123,7 @@ def validate(node: Any, name: str):
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise PipelineError(f"config node {name} lacks {[f'{name}.{k}' for k in missing]}")
-    return OmegaConf.to_object(merged)
+    return merged
 
 
 def settings(cfg: DictConfig, *names: str) -> tuple:

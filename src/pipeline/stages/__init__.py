@@ -16,31 +16,20 @@ from pipeline.errors import PipelineError
 CONF_DIR = os.environ.get("PIPELINE_CONF_DIR", str(Path.cwd() / "conf"))
 
 
+def _output(stage: str) -> property:
+    return property(lambda self: self.root / stage, doc=f"the {stage} outputs")
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where an experiment's stage outputs live (the `outs` of dvc.yaml follow the same scheme)."""
 
     root: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def source(self) -> Path:
-        return self.root / "source"
-
-    @property
-    def knowledge(self) -> Path:
-        return self.root / "knowledge"
-
-    @property
-    def finetune(self) -> Path:
-        return self.root / "finetune"
-
-    @property
-    def multitask(self) -> Path:
-        return self.root / "multitask"
+    data = _output("data")
+    source = _output("source")
+    knowledge = _output("knowledge")
+    finetune = _output("finetune")
+    multitask = _output("multitask")
 
 
 # Where experiments are declared: transfer chains in `experiments`, joint training in `multitask_experiments`.
@@ -64,10 +53,14 @@ def experiment(cfg: DictConfig, kind: str | None = None) -> tuple[str, DictConfi
 
     kind: the kind the calling stage handles (`transfer` or `multitask`), None for either.
     """
+    from pipeline.config import check_experiment
+
     name, found = cfg.get("exp"), experiment_kind(cfg)
     if kind is not None and found != kind:
         raise PipelineError(f"experiment exp={name!r} is a {found} experiment; this stage runs {kind} experiments only")
-    return name, cfg[EXPERIMENT_KINDS[found]][name]
+    node = cfg[EXPERIMENT_KINDS[found]][name]
+    check_experiment(node, f"{EXPERIMENT_KINDS[found]}.{name}", found)
+    return name, node
 
 
 def layout(cfg: DictConfig, name: str) -> Layout:
