@@ -91,8 +91,15 @@ def run_ours(cfg, ts, data, arch, epochs):
     t0 = time.perf_counter()
     result = fit(module, data, pre, trainer_cfg, pre.seed, callbacks=[timer])
     total = time.perf_counter() - t0
-    return {"steps": result.steps, "epochs": result.epochs, "loop_s": timer.seconds, "cpu_s": timer.cpu, "total_s": total,
-            "val_acc": result.best_val, "test_acc": result.test["test/acc"]}
+    return {
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "loop_s": timer.seconds,
+        "cpu_s": timer.cpu,
+        "total_s": total,
+        "val_acc": result.best_val,
+        "test_acc": result.test["test/acc"],
+    }
 
 
 def run_plain(cfg, ts, data, arch, epochs):
@@ -178,12 +185,29 @@ def run_bare(cfg, ts, data, arch, epochs):
     val = DataLoader(TensorDataset(*data["val"]), batch_size=len(data["val"][0]))
     timer = make_timer()
     with tempfile.TemporaryDirectory() as tmp:
-        tr = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp, callbacks=[timer])
+        tr = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+            callbacks=[timer],
+        )
         t0 = time.perf_counter()
         tr.fit(module, train, val)
         total = time.perf_counter() - t0
-    return {"steps": tr.global_step, "epochs": tr.current_epoch, "loop_s": timer.seconds, "cpu_s": timer.cpu, "total_s": total, "val_acc": module.best, "test_acc": float("nan")}
+    return {
+        "steps": tr.global_step,
+        "epochs": tr.current_epoch,
+        "loop_s": timer.seconds,
+        "cpu_s": timer.cpu,
+        "total_s": total,
+        "val_acc": module.best,
+        "test_acc": float("nan"),
+    }
 
 
 RUNNERS = {"ours": run_ours, "plain": run_plain, "bare": run_bare}
@@ -217,19 +241,23 @@ def main(argv=None) -> None:
     ts, data = load_data(cfg)
     arch = architecture(cfg.model, ts.x.shape[1], ts.tasks[0].n_outputs)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    print(f"torch {torch.__version__}  lightning {lightning.__version__}  python {sys.version.split()[0]}  "
-          f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}")
-    print(f"data: {ts.provenance['adapter']} ({ts.provenance['representation']}), train split {len(data['train'][0])} rows "
-          f"/ val {len(data['val'][0])} / test {len(data['test'][0])}; model {arch['backbone']['input_dim']}-"
-          f"{'-'.join(map(str, arch['backbone']['hidden']))}-{arch['n_outputs']} dropout {arch['backbone']['dropout']}; "
-          f"batch {cfg.pretrain.batch_size}, lr {cfg.pretrain.lr}, {args.epochs} epochs, {args.repeats} repeats")
+    print(
+        f"torch {torch.__version__}  lightning {lightning.__version__}  python {sys.version.split()[0]}  "
+        f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"data: {ts.provenance['adapter']} ({ts.provenance['representation']}), train split {len(data['train'][0])} rows "
+        f"/ val {len(data['val'][0])} / test {len(data['test'][0])}; model {arch['backbone']['input_dim']}-"
+        f"{'-'.join(map(str, arch['backbone']['hidden']))}-{arch['n_outputs']} dropout {arch['backbone']['dropout']}; "
+        f"batch {cfg.pretrain.batch_size}, lr {cfg.pretrain.lr}, {args.epochs} epochs, {args.repeats} repeats"
+    )
 
     for _ in range(args.warmup):
         for name in names:
             RUNNERS[name](cfg, ts, data, arch, args.epochs)
     results = {name: [] for name in names}
     for r in range(args.repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order each repeat
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order each repeat
             results[name].append(RUNNERS[name](cfg, ts, data, arch, args.epochs))
 
     med = lambda name, key: statistics.median(x[key] for x in results[name])  # noqa: E731
@@ -237,20 +265,29 @@ def main(argv=None) -> None:
     # Process CPU time as well: with one torch thread it is less disturbed by other load on the machine.
     cpu = {name: [x["steps"] / x["cpu_s"] for x in results[name]] for name in names}
     w = max(6, *map(len, names))
-    print(f"{'variant':<{w}} {'steps':>6} {'steps/s':>8} {'min..max':>15} {'cpu steps/s':>11} {'loop s':>7} {'run s':>7} {'val acc':>8} {'test acc':>8}")
+    print(
+        f"{'variant':<{w}} {'steps':>6} {'steps/s':>8} {'min..max':>15} {'cpu steps/s':>11} {'loop s':>7} {'run s':>7} {'val acc':>8} {'test acc':>8}"
+    )
     for name in names:
-        print(f"{name:<{w}} {int(med(name, 'steps')):>6} {statistics.median(wall[name]):>8.1f} {min(wall[name]):>7.1f}..{max(wall[name]):<7.1f} "
-              f"{statistics.median(cpu[name]):>11.1f} {med(name, 'loop_s'):>7.3f} {med(name, 'total_s'):>7.3f} "
-              f"{med(name, 'val_acc'):>8.4f} {med(name, 'test_acc'):>8.4f}")
+        print(
+            f"{name:<{w}} {int(med(name, 'steps')):>6} {statistics.median(wall[name]):>8.1f} {min(wall[name]):>7.1f}..{max(wall[name]):<7.1f} "
+            f"{statistics.median(cpu[name]):>11.1f} {med(name, 'loop_s'):>7.3f} {med(name, 'total_s'):>7.3f} "
+            f"{med(name, 'val_acc'):>8.4f} {med(name, 'test_acc'):>8.4f}"
+        )
     if "plain" in names:
         for name in names:
             if name != "plain":
                 pair = [a / b for a, b in zip(wall[name], wall["plain"])]  # same repeat, adjacent runs
-                print(f"{name}/plain steps/s: {statistics.median(wall[name]) / statistics.median(wall['plain']):.3f}  "
-                      f"per-repeat median {statistics.median(pair):.3f} (range {min(pair):.3f}..{max(pair):.3f}); "
-                      f"cpu-time {statistics.median(cpu[name]) / statistics.median(cpu['plain']):.3f}")
-    print("loop = train + per-epoch validation (what steps/s count); run = the whole call "
-          "(ours: fit() incl. trainer setup, best-checkpoint reload, test pass)")
+                print(
+                    f"{name}/plain steps/s: {statistics.median(wall[name]) / statistics.median(wall['plain']):.3f}  "
+                    f"per-repeat median {statistics.median(pair):.3f} (range {min(pair):.3f}..{max(pair):.3f}); "
+                    f"cpu-time {statistics.median(cpu[name]) / statistics.median(cpu['plain']):.3f}"
+                )
+    print(
+        "loop = train + per-epoch validation (what steps/s count); run = the whole call "
+        "(ours: fit() incl. trainer setup, best-checkpoint reload, test pass)"
+    )
+
 
 if __name__ == "__main__":
     main()

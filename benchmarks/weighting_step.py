@@ -79,11 +79,15 @@ def variants(names: list[str], n_tasks: int, jacobian: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(sorted(p.stem for p in (CONF / "multitask" / "weighting").glob("*.yaml"))),
-                        help="comma-separated config names in conf/multitask/weighting/ (default: all)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(sorted(p.stem for p in (CONF / "multitask" / "weighting").glob("*.yaml"))),
+        help="comma-separated config names in conf/multitask/weighting/ (default: all)",
+    )
     parser.add_argument("--scenarios", default="multimnist,schools", help="comma-separated, of multimnist, schools")
-    parser.add_argument("--jacobian", choices=["as-configured", "both"], default="both",
-                        help="both: also time the aggregators with jacobian=features")
+    parser.add_argument(
+        "--jacobian", choices=["as-configured", "both"], default="both", help="both: also time the aggregators with jacobian=features"
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing blocks per method")
     parser.add_argument("--steps", type=int, default=4, help="steps per timing block")
@@ -104,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     if "equal" not in names:
         names = ["equal", *names]
     arch = OmegaConf.load(CONF / "multitask" / "arch" / "hard.yaml")
-    print(f"torch {torch.__version__}, CPU, {args.threads} thread(s), {args.clock} time; hard sharing {list(arch.hidden)}, "
-          f"real rows, batch {args.batch}; median of {args.repeats} interleaved blocks of {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, CPU, {args.threads} thread(s), {args.clock} time; hard sharing {list(arch.hidden)}, "
+        f"real rows, batch {args.batch}; median of {args.repeats} interleaved blocks of {args.steps} steps"
+    )
     print(f"{'scenario':<10} {'tasks':>5} {'method':<22} {'ms/step':>8} {'x equal':>8}")
     for scenario in args.scenarios.split(","):
         src = load_data(scenario)

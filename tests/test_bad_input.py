@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_wine
 
-from support import ROOT, run_cli
 from pipeline.errors import PipelineError
 from pipeline.stages import finetune, prepare
+from support import ROOT, run_cli
 
 
 def wine_tables(tmp_path, mutate=None):
@@ -24,10 +24,14 @@ def wine_tables(tmp_path, mutate=None):
 
 def table_cfg(make_cfg, src, tgt, budgets="[1,3]", label="cultivar"):
     return make_cfg(
-        "+experiment@experiments.mine=my_tables", "exp=mine",
-        f"experiments.mine.source.path={src}", f"experiments.mine.target.path={tgt}",
-        f"experiments.mine.source.target={label}", f"experiments.mine.target.target={label}",
-        "experiments.mine.source.classes=null", "experiments.mine.target.classes=null",
+        "+experiment@experiments.mine=my_tables",
+        "exp=mine",
+        f"experiments.mine.source.path={src}",
+        f"experiments.mine.target.path={tgt}",
+        f"experiments.mine.source.target={label}",
+        f"experiments.mine.target.target={label}",
+        "experiments.mine.source.classes=null",
+        "experiments.mine.target.classes=null",
         f"experiments.mine.budgets={budgets}",
     )
 

@@ -24,11 +24,14 @@ def test_schema_has_no_defaults_and_conf_provides_every_key(tmp_path):
     assert transfer.patience == 2  # tests/support's TINY override reaches the validated settings
 
 
-@pytest.mark.parametrize("stage, override, key", [
-    ("pretrain", "+trainer.step_per_batch=4", "trainer.step_per_batch"),
-    ("finetune", "+transfer.paitence=3", "transfer.paitence"),
-    ("multitask", "+multitask.min_step_per_epoch=3", "multitask.min_step_per_epoch"),
-])
+@pytest.mark.parametrize(
+    "stage, override, key",
+    [
+        ("pretrain", "+trainer.step_per_batch=4", "trainer.step_per_batch"),
+        ("finetune", "+transfer.paitence=3", "transfer.paitence"),
+        ("multitask", "+multitask.min_step_per_epoch=3", "multitask.min_step_per_epoch"),
+    ],
+)
 def test_misspelt_key_is_an_error_naming_it(make_cfg, stage, override, key):
     import importlib
 
@@ -46,23 +49,29 @@ def test_wrong_type_is_an_error_naming_the_key(tmp_path):
         validate({**compose_cfg(tmp_path).trainer, "progress_bar": "sometimes"}, "trainer")
 
 
-@pytest.mark.parametrize("stage, override, key", [
-    ("finetune", "+transfer.paitence=3", "transfer.paitence"),
-    ("multitask", "+multitask.patiense=3", "multitask.patiense"),
-    ("pretrain", "+trainer.num_thread=2", "trainer.num_thread"),
-])
+@pytest.mark.parametrize(
+    "stage, override, key",
+    [
+        ("finetune", "+transfer.paitence=3", "transfer.paitence"),
+        ("multitask", "+multitask.patiense=3", "multitask.patiense"),
+        ("pretrain", "+trainer.num_thread=2", "trainer.num_thread"),
+    ],
+)
 def test_cli_misspelt_key_exits_2_naming_it(tmp_path, stage, override, key):
     proc = run_cli(stage, override, cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("stage, override, message", [
-    ("multitask", "+multitask_experiments.star.weighting=[equal]", r"multitask_experiments\.star\.weighting.*did you mean weightings"),
-    ("prepare", "+experiments.mnist_to_digits.budget=[1]", r"experiments\.mnist_to_digits\.budget.*did you mean budgets"),
-    ("prepare", "+experiments.mnist_to_digits.split.tset=0.2", r"experiments\.mnist_to_digits\.split\.tset"),
-    ("prepare", "experiments.mnist_to_digits.split.val=a_quarter", r"experiments\.mnist_to_digits\.split\.val"),
-])
+@pytest.mark.parametrize(
+    "stage, override, message",
+    [
+        ("multitask", "+multitask_experiments.star.weighting=[equal]", r"multitask_experiments\.star\.weighting.*did you mean weightings"),
+        ("prepare", "+experiments.mnist_to_digits.budget=[1]", r"experiments\.mnist_to_digits\.budget.*did you mean budgets"),
+        ("prepare", "+experiments.mnist_to_digits.split.tset=0.2", r"experiments\.mnist_to_digits\.split\.tset"),
+        ("prepare", "experiments.mnist_to_digits.split.val=a_quarter", r"experiments\.mnist_to_digits\.split\.val"),
+    ],
+)
 def test_experiment_keys_are_checked(make_cfg, stage, override, message):
     """An experiment's own keys: a misspelt `weightings` would silently run the whole grid."""
     import importlib

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from functools import cache
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,8 +135,9 @@ STAGES = stages()
 @pytest.mark.parametrize("name,stage", STAGES, ids=[n for n, _ in STAGES])
 def test_stage_deps_cover_every_module_its_command_runs(name, stage):
     deps = [ROOT / d for d in stage.get("deps", [])]
-    missing = sorted(str(module_file(m).relative_to(ROOT)) for m in runs(stage)
-                     if not any(module_file(m) == d or d in module_file(m).parents for d in deps))
+    missing = sorted(
+        str(module_file(m).relative_to(ROOT)) for m in runs(stage) if not any(module_file(m) == d or d in module_file(m).parents for d in deps)
+    )
     assert not missing, f"dvc.yaml stage {name} runs these files but does not depend on them: {missing}"
 
 

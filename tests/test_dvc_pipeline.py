@@ -22,8 +22,14 @@ def test_committed_params_yaml_matches_conf(tmp_path):
 
 
 def sh(*cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     res = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
@@ -40,19 +46,34 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     sh("git", "init", "-q", cwd=repo)
     # One transfer chain and one multitask chain (3 synthetic tasks, two schemes, two weightings).
     mt = "multitask_experiments.synthetic_related"
-    tiny = [*TINY, "~experiment@experiments.mnist_new_classes", "seeds=[0]",
-            *(f"~experiment@multitask_experiments.{e}" for e in ("multimnist", "exam_schools", "star")),
-            f"+experiment@{mt}=synthetic_related", f"{mt}.data.n_tasks=3", f"+{mt}.schemes=[single_task,hard]",
-            f"+{mt}.weightings=[equal,mgda_ub]", "multitask.max_epochs=3", "multitask.min_steps_per_epoch=2"]
+    tiny = [
+        *TINY,
+        "~experiment@experiments.mnist_new_classes",
+        "seeds=[0]",
+        *(f"~experiment@multitask_experiments.{e}" for e in ("multimnist", "exam_schools", "star")),
+        f"+experiment@{mt}=synthetic_related",
+        f"{mt}.data.n_tasks=3",
+        f"+{mt}.schemes=[single_task,hard]",
+        f"+{mt}.weightings=[equal,mgda_ub]",
+        "multitask.max_epochs=3",
+        "multitask.min_steps_per_epoch=2",
+    ]
     sh(str(BIN / "pipeline-params"), *tiny, cwd=repo)
 
     first = sh(str(BIN / "dvc"), "repro", cwd=repo)
-    assert ran(first) == {*(f"{s}@mnist_to_digits" for s in ("prepare", "pretrain", "extract", "finetune", "report")),
-                          *(f"{s}@synthetic_related" for s in ("mt_prepare", "multitask", "mt_report"))}
+    assert ran(first) == {
+        *(f"{s}@mnist_to_digits" for s in ("prepare", "pretrain", "extract", "finetune", "report")),
+        *(f"{s}@synthetic_related" for s in ("mt_prepare", "multitask", "mt_report")),
+    }
     assert "finetune mnist_to_digits param_transfer     k=3   seed=0 test/acc=" in first  # one line per run
     assert "multitask synthetic_related hard        mgda_ub      seed=0 test/score=" in first
-    for f in ("mnist_to_digits.md", "figures/mnist_to_digits_label_efficiency.png", "synthetic_related.md",
-              "figures/synthetic_related_per_task.png", "figures/synthetic_related_task_weights.png"):
+    for f in (
+        "mnist_to_digits.md",
+        "figures/mnist_to_digits_label_efficiency.png",
+        "synthetic_related.md",
+        "figures/synthetic_related_per_task.png",
+        "figures/synthetic_related_task_weights.png",
+    ):
         assert (repo / "reports" / f).exists(), f
     assert "| hard+mgda_ub |" in (repo / "reports" / "synthetic_related.md").read_text()
 
@@ -61,8 +82,7 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
 
     sh(str(BIN / "pipeline-params"), *tiny, "transfer.lr=0.003", "multitask.lr=0.003", cwd=repo)
     changed = sh(str(BIN / "dvc"), "repro", cwd=repo)
-    assert ran(changed) == {"finetune@mnist_to_digits", "report@mnist_to_digits", "multitask@synthetic_related",
-                            "mt_report@synthetic_related"}
+    assert ran(changed) == {"finetune@mnist_to_digits", "report@mnist_to_digits", "multitask@synthetic_related", "mt_report@synthetic_related"}
 
     metrics = sh(str(BIN / "dvc"), "metrics", "show", cwd=repo)
     assert "reports/metrics/mnist_to_digits.json" in metrics and "param_transfer.k3" in metrics

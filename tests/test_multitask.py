@@ -11,8 +11,8 @@ import torch
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.training import masked_losses
 from pipeline.report.multitask import delta_m
+from pipeline.training import masked_losses
 from support import mlflow_runs
 
 
@@ -52,9 +52,11 @@ def test_delta_m_sign_convention_on_a_hand_computed_example():
     tasks = [TaskSpec("digit", "classification"), TaskSpec("price", "regression")]
     rows = []
     for method, acc, rmse in [("single_task+equal", 0.80, 2.0), ("good", 0.88, 1.8), ("bad", 0.72, 2.2)]:
-        rows += [{"method": method, "seed": 0, "task": "digit", "metric": "acc", "value": acc, "classic": False},
-                 {"method": method, "seed": 0, "task": "price", "metric": "rmse", "value": rmse, "classic": False},
-                 {"method": method, "seed": 0, "task": "price", "metric": "r2", "value": 0.5, "classic": False}]
+        rows += [
+            {"method": method, "seed": 0, "task": "digit", "metric": "acc", "value": acc, "classic": False},
+            {"method": method, "seed": 0, "task": "price", "metric": "rmse", "value": rmse, "classic": False},
+            {"method": method, "seed": 0, "task": "price", "metric": "r2", "value": 0.5, "classic": False},
+        ]
     dm = delta_m(pd.DataFrame(rows), tasks, "single_task+equal").set_index("method").delta_m
     # good: accuracy +10%, RMSE 10% lower (better) -> +10; bad: the mirror image -> -10.
     assert dm["good"] == pytest.approx(10.0)
@@ -80,8 +82,13 @@ def test_classic_baseline_that_does_not_apply_is_reported_with_its_reason(capsys
     assert "skipping classic baseline ridge_pooled: tasks of different kinds" in capsys.readouterr().out
 
 
-TINY_MT = ["exp=synthetic_related", "seeds=[0]", "multitask.max_epochs=4", "multitask.min_steps_per_epoch=2",
-           "multitask_experiments.synthetic_related.data.n_tasks=3"]
+TINY_MT = [
+    "exp=synthetic_related",
+    "seeds=[0]",
+    "multitask.max_epochs=4",
+    "multitask.min_steps_per_epoch=2",
+    "multitask_experiments.synthetic_related.data.n_tasks=3",
+]
 
 
 def test_incompatible_scheme_and_weighting_names_both(make_cfg):
@@ -105,9 +112,12 @@ def test_unknown_baseline_is_an_error_naming_the_key(make_cfg):
 def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     from pipeline.stages import multitask, prepare, report
 
-    cfg = make_cfg(*TINY_MT, "+multitask_experiments.synthetic_related.schemes=[single_task,hard,soft]",
-                   "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
-                   "multitask.archs.soft.auto_grid.coupling=[0.0,0.01]")
+    cfg = make_cfg(
+        *TINY_MT,
+        "+multitask_experiments.synthetic_related.schemes=[single_task,hard,soft]",
+        "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
+        "multitask.archs.soft.auto_grid.coupling=[0.0,0.01]",
+    )
     prepare.run(cfg)
     results = multitask.run(cfg)
     methods = {(r["scheme"], r["weighting"]) for r in results}
@@ -151,16 +161,25 @@ def _mean_rmse(results, scheme):
 def _synthetic(make_cfg, relatedness):
     from pipeline.stages import multitask, prepare
 
-    cfg = make_cfg("exp=synthetic_related", "seeds=[0]", f"multitask_experiments.synthetic_related.data.relatedness={relatedness}",
-                   "multitask_experiments.synthetic_related.data.n_tasks=5", "multitask_experiments.synthetic_related.data.n_per_task=60",
-                   "multitask_experiments.synthetic_related.data.noise=0.3",
-                   "+multitask_experiments.synthetic_related.schemes=[single_task,hard]",
-                   "+multitask_experiments.synthetic_related.weightings=[equal]",
-                   # The survey's shared-parameter linear model: a linear trunk x -> w.x, one scale per task.
-                   # Shared, it can express one weight vector for all tasks; per task, one each.
-                   "multitask.archs.hard.hidden=[1]", "multitask.archs.single_task.hidden=[1]",
-                   "multitask.archs.hard.activation=identity", "multitask.archs.single_task.activation=identity",
-                   "multitask.max_epochs=60", "multitask.patience=15", "multitask.lr=0.01")
+    cfg = make_cfg(
+        "exp=synthetic_related",
+        "seeds=[0]",
+        f"multitask_experiments.synthetic_related.data.relatedness={relatedness}",
+        "multitask_experiments.synthetic_related.data.n_tasks=5",
+        "multitask_experiments.synthetic_related.data.n_per_task=60",
+        "multitask_experiments.synthetic_related.data.noise=0.3",
+        "+multitask_experiments.synthetic_related.schemes=[single_task,hard]",
+        "+multitask_experiments.synthetic_related.weightings=[equal]",
+        # The survey's shared-parameter linear model: a linear trunk x -> w.x, one scale per task.
+        # Shared, it can express one weight vector for all tasks; per task, one each.
+        "multitask.archs.hard.hidden=[1]",
+        "multitask.archs.single_task.hidden=[1]",
+        "multitask.archs.hard.activation=identity",
+        "multitask.archs.single_task.activation=identity",
+        "multitask.max_epochs=60",
+        "multitask.patience=15",
+        "multitask.lr=0.01",
+    )
     prepare.run(cfg)
     return multitask.run(cfg)
 

@@ -19,17 +19,27 @@ def _fake_transfer_chain(cfg, root) -> None:
     from pipeline.tracking import digest
 
     exp = root / "artifacts" / "mnist_to_digits"
-    write_json(exp / "data" / "target" / "meta.json", {"tasks": [{"name": "digit", "kind": "classification", "classes": [str(i) for i in range(10)]}],
-                                                      "provenance": {"content_hash": "hash-t"}})
+    write_json(
+        exp / "data" / "target" / "meta.json",
+        {"tasks": [{"name": "digit", "kind": "classification", "classes": [str(i) for i in range(10)]}], "provenance": {"content_hash": "hash-t"}},
+    )
     write_json(exp / "source" / "summary.json", {"run_id": "src-run", "test": {"test/acc": 0.9}})
     write_json(exp / "knowledge" / "summary.json", {"zero_shot_acc": 0.3, "leep": -1.5})
     for i, s in enumerate(STRATEGIES):
         d = digest({**run_params(cfg, s), "data_hash": "hash-t", "source_run_id": "src-run"})
         for k in (1, 3):
             for seed in (0, 1):
-                write_json(exp / "finetune" / s / f"k{k}_seed{seed}.json",
-                           {"config_digest": d, "strategy": s, "budget": k, "seed": seed, "run_id": f"{s}-{k}-{seed}",
-                            "test": {"test/acc": 0.3 + 0.1 * k + 0.02 * i + 0.01 * seed, "test/f1": 0.5, "test/loss": 1.0}})
+                write_json(
+                    exp / "finetune" / s / f"k{k}_seed{seed}.json",
+                    {
+                        "config_digest": d,
+                        "strategy": s,
+                        "budget": k,
+                        "seed": seed,
+                        "run_id": f"{s}-{k}-{seed}",
+                        "test": {"test/acc": 0.3 + 0.1 * k + 0.02 * i + 0.01 * seed, "test/f1": 0.5, "test/loss": 1.0},
+                    },
+                )
 
 
 def _files(path) -> list[str]:
@@ -43,9 +53,13 @@ def test_transfer_report_reads_only_current_runs_and_says_which_it_ignored(make_
     _fake_transfer_chain(cfg, tmp_path)
     ft = tmp_path / "artifacts" / "mnist_to_digits" / "finetune"
     # Left by earlier runs outside DVC: a seed and a strategy no longer configured, an old digest.
-    write_json(ft / "scratch" / "k1_seed5.json", {**json.loads((ft / "scratch" / "k1_seed0.json").read_text()), "seed": 5, "test": {"test/acc": 0.99}})
-    write_json(ft / "old_strategy" / "k1_seed0.json", {"config_digest": "x", "strategy": "old_strategy", "budget": 1, "seed": 0, "run_id": "o",
-                                                      "test": {"test/acc": 0.99}})
+    write_json(
+        ft / "scratch" / "k1_seed5.json", {**json.loads((ft / "scratch" / "k1_seed0.json").read_text()), "seed": 5, "test": {"test/acc": 0.99}}
+    )
+    write_json(
+        ft / "old_strategy" / "k1_seed0.json",
+        {"config_digest": "x", "strategy": "old_strategy", "budget": 1, "seed": 0, "run_id": "o", "test": {"test/acc": 0.99}},
+    )
     metrics = report.run(cfg)
     assert set(metrics) == set(STRATEGIES)
     assert metrics["scratch"] == {"k1": pytest.approx(0.405), "k3": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
@@ -67,7 +81,11 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
     assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 ± 0.000 (0/2) ⚠ negative transfer |" in md
     assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
-        "feature_retrain", "param_transfer", "scratch", "structure_transfer"]  # sorted keys, as before
+        "feature_retrain",
+        "param_transfer",
+        "scratch",
+        "structure_transfer",
+    ]  # sorted keys, as before
     with pytest.raises(PipelineError, match=r"transfer\.baseline='nope'"):
         report.run(make_cfg("transfer.baseline=nope"))
     with pytest.raises(PipelineError, match=r"transfer\.baseline='structure_transfer': no runs"):
@@ -100,10 +118,18 @@ def test_transfer_report_failure_leaves_no_stray_file(make_cfg, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # multitask, after the real stage
 
-TINY_MT = ["exp=synthetic_related", "seeds=[1,2]", "multitask.max_epochs=3", "multitask.min_steps_per_epoch=2",
-           "multitask_experiments.synthetic_related.data.n_tasks=3", "multitask_experiments.synthetic_related.data.n_per_task=40",
-           "+multitask_experiments.synthetic_related.schemes=[single_task,mmoe]", "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
-           "multitask.weightings_on=[mmoe]", "multitask.archs.mmoe.expert_hidden=[16]"]
+TINY_MT = [
+    "exp=synthetic_related",
+    "seeds=[1,2]",
+    "multitask.max_epochs=3",
+    "multitask.min_steps_per_epoch=2",
+    "multitask_experiments.synthetic_related.data.n_tasks=3",
+    "multitask_experiments.synthetic_related.data.n_per_task=40",
+    "+multitask_experiments.synthetic_related.schemes=[single_task,mmoe]",
+    "+multitask_experiments.synthetic_related.weightings=[equal,upgrad]",
+    "multitask.weightings_on=[mmoe]",
+    "multitask.archs.mmoe.expert_hidden=[16]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +137,8 @@ def mt_chain(tmp_path_factory):
     """prepare + multitask on synthetic_related without `hard`, at seeds 1 and 2."""
     import os
 
-    from support import compose_cfg
-
     from pipeline.stages import multitask, prepare
+    from support import compose_cfg
 
     tmp = tmp_path_factory.mktemp("mt")
     old = os.getcwd()
@@ -149,7 +174,10 @@ def test_multitask_weight_figure_follows_the_runs_present(mt_cfg, tmp_path):
 
     report.run(mt_cfg())
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
-    assert "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`." in md
+    assert (
+        "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`."
+        in md
+    )
     assert "- Gradient conflict under `mmoe+" in md and "(seed 1)" in md
     assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").read_bytes()[:4] == b"\x89PNG"
     report.run(mt_cfg("seed=2"))  # one seed selected: the figure and text follow it

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from support import mlflow_runs
 from pipeline.tracking import REQUIRED_TAGS
+from support import mlflow_runs
 
 STRATEGIES = {"scratch", "feature_retrain", "param_transfer", "structure_transfer"}
 
@@ -95,9 +95,9 @@ def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
 
 def test_finetune_is_reproducible_for_a_seed(make_cfg, pipeline_run):
     """Same config and seed -> the same test metrics (initialisation and label subset are seeded)."""
-    from pipeline.stages import finetune
-
     import os
+
+    from pipeline.stages import finetune
 
     path = pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "finetune" / "param_transfer" / "k3_seed1.json"
     first = json.loads(path.read_text())
@@ -124,12 +124,20 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     df[df.sex == 1].drop(columns="sex").to_csv(tmp_path / "src.csv", index=False)
     df[df.sex == 2].drop(columns="sex").to_parquet(tmp_path / "tgt.parquet", index=False)
     cfg = make_cfg(
-        "+experiment@experiments.diabetes=my_tables", "exp=diabetes",
-        f"experiments.diabetes.source.path={tmp_path / 'src.csv'}", f"experiments.diabetes.target.path={tmp_path / 'tgt.parquet'}",
-        "experiments.diabetes.source.target=target", "experiments.diabetes.target.target=target",
-        "experiments.diabetes.source.classes=null", "experiments.diabetes.target.classes=null",
-        "experiments.diabetes.budgets=[10,40]", "seeds=[0]",
-        "pretrain.max_epochs=30", "transfer.max_epochs=20", "transfer.min_steps_per_epoch=10", "transfer.patience=5",
+        "+experiment@experiments.diabetes=my_tables",
+        "exp=diabetes",
+        f"experiments.diabetes.source.path={tmp_path / 'src.csv'}",
+        f"experiments.diabetes.target.path={tmp_path / 'tgt.parquet'}",
+        "experiments.diabetes.source.target=target",
+        "experiments.diabetes.target.target=target",
+        "experiments.diabetes.source.classes=null",
+        "experiments.diabetes.target.classes=null",
+        "experiments.diabetes.budgets=[10,40]",
+        "seeds=[0]",
+        "pretrain.max_epochs=30",
+        "transfer.max_epochs=20",
+        "transfer.min_steps_per_epoch=10",
+        "transfer.patience=5",
     )
     for stage in (prepare, pretrain, extract, finetune):
         stage.run(cfg)

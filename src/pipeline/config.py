@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -23,7 +23,7 @@ class TrainerConfig:
     """How Lightning runs (conf/trainer/)."""
 
     accelerator: str = MISSING
-    num_threads: Optional[int] = MISSING  # torch threads; null = torch's default
+    num_threads: int | None = MISSING  # torch threads; null = torch's default
     progress_bar: bool = MISSING
     deterministic: bool = MISSING
     val_every_n_epochs: int = MISSING
@@ -50,16 +50,16 @@ class PretrainConfig(FitConfig):
 class TransferConfig(FitConfig):
     baseline: str = MISSING
     val_labels: str = MISSING  # budget | all
-    strategies: Dict[str, Any] = MISSING
+    strategies: dict[str, Any] = MISSING
 
 
 @dataclass
 class MultitaskConfig(FitConfig):
     baseline: str = MISSING
-    classic: List[str] = MISSING
-    weightings_on: Optional[List[str]] = MISSING
-    archs: Dict[str, Any] = MISSING
-    weightings: Dict[str, Any] = MISSING
+    classic: list[str] = MISSING
+    weightings_on: list[str] | None = MISSING
+    archs: dict[str, Any] = MISSING
+    weightings: dict[str, Any] = MISSING
 
 
 @dataclass

@@ -21,7 +21,8 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     PipelineError the target raised while validating its arguments. Anything else raised inside the
     target is a bug in our code and propagates with its cause chain."""
     from hydra.errors import InstantiationException
-    from hydra.utils import get_object, instantiate as hydra_instantiate
+    from hydra.utils import get_object
+    from hydra.utils import instantiate as hydra_instantiate
 
     target = cfg.get("_target_")
     try:

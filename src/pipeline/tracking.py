@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 REQUIRED_TAGS = ("stage", "scenario", "seed", "git_commit", "data_hash")  # on every run; stages add theirs
 
@@ -79,9 +80,18 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
-    def start(self, stage: str, *, variant: str | None = None, seed: int | None = None, data_hash: str,
-              params: Mapping[str, Any] | None = None, budget: int | None = None, source_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> str:
+    def start(
+        self,
+        stage: str,
+        *,
+        variant: str | None = None,
+        seed: int | None = None,
+        data_hash: str,
+        params: Mapping[str, Any] | None = None,
+        budget: int | None = None,
+        source_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
         """A new run named `<stage>[/<variant>][/k<budget>][/seed<k>]`; its id.
 
         variant: what distinguishes the run within its stage (a strategy, a method); its tag is the
@@ -89,8 +99,13 @@ class Tracker:
         """
         from mlflow.entities import Param
 
-        all_tags = {"stage": stage, "scenario": self.scenario, "seed": "" if seed is None else str(seed),
-                    "git_commit": git_commit(), "data_hash": data_hash}
+        all_tags = {
+            "stage": stage,
+            "scenario": self.scenario,
+            "seed": "" if seed is None else str(seed),
+            "git_commit": git_commit(),
+            "data_hash": data_hash,
+        }
         if budget is not None:
             all_tags["budget"] = str(budget)
         if source_run_id:

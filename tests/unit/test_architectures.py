@@ -21,8 +21,7 @@ from pipeline.stages.multitask import auto_candidates
 REPO = Path(__file__).resolve().parents[2]
 ARCH = REPO / "conf" / "multitask" / "arch"
 INPUT_DIM = 6
-TASKS = [TaskSpec("digit", "classification", ["a", "b", "c"]), TaskSpec("score", "regression"),
-         TaskSpec("pass", "classification", ["no", "yes"])]
+TASKS = [TaskSpec("digit", "classification", ["a", "b", "c"]), TaskSpec("score", "regression"), TaskSpec("pass", "classification", ["no", "yes"])]
 # (file, candidate): one network per assignment of the `auto` knobs, e.g. soft at every coupling.
 CANDIDATES = [(p.stem, i, c) for p in sorted(ARCH.glob("*.yaml")) for i, c in enumerate(auto_candidates(OmegaConf.load(p)))]
 IDS = [f"{name}-{i}" for name, i, _ in CANDIDATES]
@@ -59,8 +58,10 @@ def assert_outputs_depend_on_own_and_shared_only(net: MultitaskNet) -> None:
         params = list(net.parameters())
         grads = torch.autograd.grad(out.sum(), params, retain_graph=True, allow_unused=True)
         reached = {id(p) for p, g in zip(params, grads) if g is not None}
-        assert reached == allowed, (f"task {t}: reached but not its own or shared {[names[i] for i in reached - allowed]}; "
-                                    f"its own or shared but not reached {[names[i] for i in allowed - reached]}")
+        assert reached == allowed, (
+            f"task {t}: reached but not its own or shared {[names[i] for i in reached - allowed]}; "
+            f"its own or shared but not reached {[names[i] for i in allowed - reached]}"
+        )
 
 
 @pytest.mark.parametrize("name,i,spec", CANDIDATES, ids=IDS)

@@ -8,14 +8,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-
 from omegaconf import OmegaConf
 
 from pipeline.data import SPLITS, TaskSet, TaskSpec, label_budget
 from pipeline.data.build import build_taskset
 from pipeline.data.digits import mnist_sample, uci_digits
 from pipeline.data.splits import random_splits
-from pipeline.data.tables import infer_kind, multi_table, table
+from pipeline.data.tables import infer_kind, table
 from pipeline.data.uci import mnist_to_uci, plain_resize
 from pipeline.errors import PipelineError
 
@@ -523,9 +522,17 @@ def test_transfer_target_from_a_one_task_multi_table_prepares_like_table(make_cf
 
     src = _write(wine.iloc[::2], tmp_path / "source.csv")
     tgt = _write(wine.iloc[1::2], tmp_path / "target.csv")
-    cfg = make_cfg("+experiment@experiments.mine=my_tables", "exp=mine", f"experiments.mine.source.path={src}",
-                   f"experiments.mine.target.path={tgt}", "experiments.mine.source.target=target", "experiments.mine.target.target=target",
-                   "experiments.mine.source.classes=null", "experiments.mine.target.classes=null", "experiments.mine.budgets=[1,3]")
+    cfg = make_cfg(
+        "+experiment@experiments.mine=my_tables",
+        "exp=mine",
+        f"experiments.mine.source.path={src}",
+        f"experiments.mine.target.path={tgt}",
+        "experiments.mine.source.target=target",
+        "experiments.mine.target.target=target",
+        "experiments.mine.source.classes=null",
+        "experiments.mine.target.classes=null",
+        "experiments.mine.budgets=[1,3]",
+    )
     first = prepare.run(cfg)
     as_table = TaskSet.load(layout(cfg, "mine").data / "target")
     assert as_table.provenance["role"] == "target" and as_table.provenance["split_stratified_by"] == "class"

@@ -131,19 +131,35 @@ def test_load_results_reads_exactly_the_expected_runs(tmp_path):
     an expected run without a current result is an error naming it."""
     expected = {(s, k, seed): f"d-{s}" for s, k, seed, _ in ROWS[:4]}
     for strategy, k, seed, acc in ROWS[:4]:
-        write_json(tmp_path / strategy / f"k{k}_seed{seed}.json", {"config_digest": f"d-{strategy}", "strategy": strategy, "budget": k,
-                                                                  "seed": seed, "run_id": f"r{seed}", "test": {"test/acc": acc, "test/loss": 1.0}})
+        write_json(
+            tmp_path / strategy / f"k{k}_seed{seed}.json",
+            {
+                "config_digest": f"d-{strategy}",
+                "strategy": strategy,
+                "budget": k,
+                "seed": seed,
+                "run_id": f"r{seed}",
+                "test": {"test/acc": acc, "test/loss": 1.0},
+            },
+        )
     # Left by earlier runs: an old digest at an expected key's neighbour, a budget and a strategy no longer configured.
-    write_json(tmp_path / "A" / "k1_seed7.json", {"config_digest": "d-A", "strategy": "A", "budget": 1, "seed": 7, "run_id": "x", "test": {"test/acc": 0.0}})
-    write_json(tmp_path / "scratch" / "k9_seed0.json", {"config_digest": "d-scratch", "strategy": "scratch", "budget": 9, "seed": 0, "run_id": "x",
-                                                       "test": {"test/acc": 0.0}})
+    write_json(
+        tmp_path / "A" / "k1_seed7.json", {"config_digest": "d-A", "strategy": "A", "budget": 1, "seed": 7, "run_id": "x", "test": {"test/acc": 0.0}}
+    )
+    write_json(
+        tmp_path / "scratch" / "k9_seed0.json",
+        {"config_digest": "d-scratch", "strategy": "scratch", "budget": 9, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}},
+    )
     write_json(tmp_path / "old" / "k1_seed0.json", {"strategy": "old", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}})
     df, stale = load_results(tmp_path, expected)
     assert len(df) == 4 and "loss" not in df.columns
     assert sorted(df["acc"]) == sorted(r[3] for r in ROWS[:4])
     assert sorted(stale) == ["A/k1_seed7.json", "old/k1_seed0.json", "scratch/k9_seed0.json"]
     # The current result of one run replaced by a stale one (config changed, finetune not rerun): an error naming it.
-    write_json(tmp_path / "A" / "k1_seed0.json", {"config_digest": "d-old", "strategy": "A", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}})
+    write_json(
+        tmp_path / "A" / "k1_seed0.json",
+        {"config_digest": "d-old", "strategy": "A", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}},
+    )
     with pytest.raises(PipelineError, match=r"A/k1_seed0\.json.*4 stale"):
         load_results(tmp_path, expected)
     with pytest.raises(PipelineError, match=str(tmp_path / "empty")):

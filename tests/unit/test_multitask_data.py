@@ -464,8 +464,11 @@ def test_prepare_multitask_experiment_writes_one_task_set(make_cfg):
 def test_prepare_multimnist_experiment_keeps_predefined_splits(make_cfg, cached_mnist):
     from pipeline.stages import layout, prepare
 
-    small = ["multitask_experiments.multimnist.data.n_train=300", "multitask_experiments.multimnist.data.n_val=100",
-             "multitask_experiments.multimnist.data.n_test=100"]
+    small = [
+        "multitask_experiments.multimnist.data.n_train=300",
+        "multitask_experiments.multimnist.data.n_val=100",
+        "multitask_experiments.multimnist.data.n_test=100",
+    ]
     cfg = make_cfg("exp=multimnist", *small)
     prepare.run(cfg)
     ts = TaskSet.load(layout(cfg, "multimnist").data / "tasks")

@@ -20,8 +20,13 @@ TASKS = [TaskSpec("a", "classification"), TaskSpec("b", "classification"), TaskS
 def _record(method: str, seed: int, values: dict[str, float], classic: bool = False, history: list | None = None) -> dict:
     scheme, weighting = method.split("+")
     metric = {t.name: t.primary for t in TASKS}
-    r = {"scheme": scheme, "weighting": weighting, "seed": seed, "run_id": f"{method}-{seed}",
-         "test": {f"test/{task}/{metric[task]}": v for task, v in values.items()}}
+    r = {
+        "scheme": scheme,
+        "weighting": weighting,
+        "seed": seed,
+        "run_id": f"{method}-{seed}",
+        "test": {f"test/{task}/{metric[task]}": v for task, v in values.items()},
+    }
     return r | ({"classic": True} if classic else {}) | ({"history": history} if history else {})
 
 
@@ -40,9 +45,11 @@ def _history(weights: tuple[float, float, float] | None, cos: float | None = Non
 def test_delta_m_averages_every_method_over_the_same_tasks():
     # c has fewer than 2 test labels in `partial`'s run, so that run reports no c: before, `partial`
     # averaged a and b only while `good` averaged a, b and c, so the two Δm were not comparable.
-    records = [_record(BASE, 0, {"a": 0.5, "b": 0.8, "c": 2.0}),
-               _record("good+equal", 0, {"a": 0.55, "b": 0.88, "c": 3.0}),
-               _record("partial+equal", 0, {"a": 0.55, "b": 0.88})]
+    records = [
+        _record(BASE, 0, {"a": 0.5, "b": 0.8, "c": 2.0}),
+        _record("good+equal", 0, {"a": 0.55, "b": 0.88, "c": 3.0}),
+        _record("partial+equal", 0, {"a": 0.55, "b": 0.88}),
+    ]
     df = mt.table(records)
     used, left_out = mt.common_tasks(df, TASKS, BASE)
     assert used == ["a", "b"] and left_out == {"c": ["partial+equal"]}
@@ -66,8 +73,14 @@ def _taskset(n_test_c: int) -> TaskSet:
     y = rng.integers(0, 2, (20, 3)).astype("float32")
     test = np.arange(10, 20)
     y[test[n_test_c:], 2] = np.nan
-    return TaskSet(x=rng.normal(size=(20, 4)).astype("float32"), y=y, tasks=TASKS,
-                   splits={"train": np.arange(0, 6), "val": np.arange(6, 10), "test": test}, input_shape=[4], provenance={"content_hash": "h"})
+    return TaskSet(
+        x=rng.normal(size=(20, 4)).astype("float32"),
+        y=y,
+        tasks=TASKS,
+        splits={"train": np.arange(0, 6), "val": np.arange(6, 10), "test": test},
+        input_shape=[4],
+        provenance={"content_hash": "h"},
+    )
 
 
 def _report(records, skipped=None, stale=(), n_test_c=1) -> mt.MultitaskReport:
@@ -80,8 +93,11 @@ def _render(t: mt.MultitaskReport) -> str:
 
 
 def test_report_says_which_tasks_entered_delta_m_and_which_classic_baselines_were_skipped():
-    records = [_record(BASE, 0, {"a": 0.5, "b": 0.8}), _record("hard+equal", 0, {"a": 0.55, "b": 0.88}),
-               _record("ridge_per_task+sklearn", 0, {"a": 0.6, "b": 0.7, "c": 1.0}, classic=True)]
+    records = [
+        _record(BASE, 0, {"a": 0.5, "b": 0.8}),
+        _record("hard+equal", 0, {"a": 0.55, "b": 0.88}),
+        _record("ridge_per_task+sklearn", 0, {"a": 0.6, "b": 0.7, "c": 1.0}, classic=True),
+    ]
     text = _render(_report(records, skipped={"ridge_pooled": "tasks of different kinds"}, stale=["old+equal/seed0.json"]))
     assert "Tasks in Δm: 2 of 3, the same for every method" in text
     assert "`c` (1 test labels; no result from hard+equal, single_task+equal)" in text
@@ -112,7 +128,10 @@ def test_weight_figure_and_finding_without_hard_sharing_at_the_first_seed_presen
     assert [line.get_label() for line in fig.axes[1].get_lines() if not line.get_label().startswith("_")] == ["mmoe+equal", "mmoe+upgrad"]
     assert "seed 1" in fig._suptitle.get_text()
     text = _render(t)
-    assert "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`." in text
+    assert (
+        "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`."
+        in text
+    )
     # The best joint method is mmoe+upgrad: conflict is measured on its scheme with the baseline's weighting.
     assert "Gradient conflict under `mmoe+equal` (seed 1)" in text and "averaged +0.300 over 3 epochs" in text
     # Only seed 2 selected: the figure and the text follow it.
@@ -135,13 +154,23 @@ def test_weight_figure_and_text_say_when_there_are_no_histories():
 
 
 def _transfer(task: TaskSpec) -> transfer.TransferReport:
-    rows = [(s, k, seed, 0.5 + 0.01 * k + (0.1 if s == "param_transfer" else 0)) for s in ("scratch", "param_transfer") for k in (10, 40) for seed in (0, 1)]
+    rows = [
+        (s, k, seed, 0.5 + 0.01 * k + (0.1 if s == "param_transfer" else 0))
+        for s in ("scratch", "param_transfer")
+        for k in (10, 40)
+        for seed in (0, 1)
+    ]
     df = pd.DataFrame(rows, columns=["strategy", "budget", "seed", task.primary]).assign(run_id="r")
     return transfer.TransferReport("fake", None, task, "h", {"run_id": "s", "test": {}}, {}, "scratch", df, [])
 
 
-@pytest.mark.parametrize("task, label", [(TaskSpec("y", "regression"), "target labelled rows (k)"),
-                                         (TaskSpec("digit", "classification", [str(i) for i in range(3)]), "target labels per class (k)")])
+@pytest.mark.parametrize(
+    "task, label",
+    [
+        (TaskSpec("y", "regression"), "target labelled rows (k)"),
+        (TaskSpec("digit", "classification", [str(i) for i in range(3)]), "target labels per class (k)"),
+    ],
+)
 def test_label_efficiency_axis_names_what_a_budget_counts(task, label):
     fig = transfer.figure(_transfer(task))
     assert fig.axes[0].get_xlabel() == label

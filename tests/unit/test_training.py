@@ -108,7 +108,7 @@ def test_one_task_module_step_is_a_plain_step_with_group_rates_and_extra_loss():
     net = build(architecture({"_target_": "pipeline.models.MLP", "hidden": [8], "dropout": 0.0}, 5, 4))
     ref, init = copy.deepcopy(net), copy.deepcopy(net)
     x, y = torch.randn(12, 5), torch.randint(0, 4, (12,)).float()
-    extra = lambda n: 0.5 * (n.head.weight ** 2).sum()  # noqa: E731
+    extra = lambda n: 0.5 * (n.head.weight**2).sum()  # noqa: E731
     sgd = functools.partial(torch.optim.SGD, momentum=0.0)
 
     groups = [{"params": list(net.backbone.parameters()), "lr": 0.1}, {"params": list(net.head.parameters()), "lr": 0.01}]

@@ -86,8 +86,7 @@ def make_problem(n_tasks: int, seed: int = 0, n: int = 32, absent: int | None = 
     torch.manual_seed(seed)
     model = HardSharing(n_tasks)
     x = torch.randn(n, 8, generator=g)
-    y = torch.where(torch.arange(n_tasks) % 2 == 0, torch.randint(0, 3, (n, n_tasks), generator=g).float(),
-                    torch.randn(n, n_tasks, generator=g))
+    y = torch.where(torch.arange(n_tasks) % 2 == 0, torch.randint(0, 3, (n, n_tasks), generator=g).float(), torch.randn(n, n_tasks, generator=g))
     mask = torch.rand(n, n_tasks, generator=g) < 0.7
     if absent is not None:
         mask[:, absent] = False
@@ -96,8 +95,7 @@ def make_problem(n_tasks: int, seed: int = 0, n: int = 32, absent: int | None = 
 
 def run_step(w: Weighting, model: HardSharing, x, y, mask, use_features: bool = True, as_list: bool = False) -> torch.Tensor:
     losses, features = model.losses(x, y, mask, as_list)
-    return w.backward(losses, list(model.trunk.parameters()), [features] if use_features else None,
-                      [list(h.parameters()) for h in model.heads])
+    return w.backward(losses, list(model.trunk.parameters()), [features] if use_features else None, [list(h.parameters()) for h in model.heads])
 
 
 def shared_grad(model: HardSharing) -> torch.Tensor:
@@ -116,6 +114,7 @@ def task_grads(model: HardSharing, x, y, mask) -> list[torch.Tensor]:
 
 
 # --- properties, written once ------------------------------------------------------------------
+
 
 def assert_finite_update(model: nn.Module, absent: set[str] = frozenset()) -> None:
     """Every parameter a task in the batch uses gets a finite gradient; the parameters of absent
@@ -142,6 +141,7 @@ def assert_descent_for_all_tasks(update: torch.Tensor, grads: list[torch.Tensor]
 
 
 # --- every method ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_tasks", [2, 10])
 @pytest.mark.parametrize("name", METHODS)
@@ -200,6 +200,7 @@ def test_conflicting_tasks_equal_can_hurt_one_upgrad_mgda_pcgrad_do_not(use_feat
 
 
 # --- per method --------------------------------------------------------------------------------
+
 
 def test_equal_is_plain_autograd_sum():
     model, x, y, mask = make_problem(10, absent=4)
@@ -279,8 +280,11 @@ def test_gradnorm_weights_stay_positive_sum_to_t_and_balance_gradients():
 
 
 def test_check_compatible_names_weighting_and_scheme():
-    with pytest.raises(PipelineError, match=r"weighting 'upgrad' aggregates per-task gradients on shared parameters, "
-                                            r"but scheme 'single_task' shares none; use weighting=equal"):
+    with pytest.raises(
+        PipelineError,
+        match=r"weighting 'upgrad' aggregates per-task gradients on shared parameters, "
+        r"but scheme 'single_task' shares none; use weighting=equal",
+    ):
         check_compatible(weighting("upgrad", 2), 0, "single_task")
     with pytest.raises(PipelineError, match=r"weighting 'gradnorm' .* scheme 'single_task' shares none"):
         check_compatible(weighting("gradnorm", 2), 0, "single_task")
@@ -293,8 +297,11 @@ def test_missing_solver_fails_at_construction_with_install_hint(monkeypatch, nam
     # The solvers are installed here: hide one, as if it were not (sys.modules[x] = None makes
     # importlib.util.find_spec, which torchjd uses, report it missing).
     monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(PipelineError, match=rf"weighting '{name}' needs an optional solver: .*{module}.*"
-                                            r"pip install 'pipeline\[solvers\]'"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"weighting '{name}' needs an optional solver: .*{module}.*"
+        r"pip install 'pipeline\[solvers\]'",
+    ):
         weighting(name, 2)
 
 
@@ -459,8 +466,7 @@ def run_family(w: Weighting, family: Family, steps: int = 1, lr: float = 0.01) -
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         features = theta * 1.0
-        losses = [torch.zeros(()) if t in family.absent else heads[t] * (family.offset[t] + family.jac[t] @ features)
-                  for t in range(n_tasks)]
+        losses = [torch.zeros(()) if t in family.absent else heads[t] * (family.offset[t] + family.jac[t] @ features) for t in range(n_tasks)]
         weights = w.backward(losses, [theta], [features], [[h] for h in heads])
         out.append(Step(weights, theta.grad.clone(), [None if h.grad is None else h.grad.clone() for h in heads]))
         opt.step()
@@ -528,6 +534,7 @@ def assert_permutation_equivariant(name: str, family: Family, perm: list[int], s
 # "inaccurate" on ill-conditioned Gramians (very different loss scales, opposed gradients): where it
 # stops then depends on the task order, far beyond any tolerance.
 NOT_EQUIVARIANT = {"pcgrad", "nash_mtl"}
+
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("name", METHODS)

@@ -99,7 +99,7 @@ class TaskSet:
         (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TaskSet":
+    def load(cls, directory: str | Path) -> TaskSet:
         directory = Path(directory)
         if not (directory / "meta.json").exists() or not (directory / "arrays.npz").exists():
             raise PipelineError(f"missing upstream output {directory} (prepared task set); run `dvc repro` or the prepare stage first")

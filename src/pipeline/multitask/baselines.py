@@ -14,7 +14,7 @@ models select on the same split); fits use the train split only.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,8 +45,9 @@ def _selected(kind: str, x_fit, y_fit, x_val, y_val, alphas: Sequence[float]):
     return best[1], best[2]
 
 
-def ridge_per_task(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray],
-                   alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict]:
+def ridge_per_task(
+    x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray], alphas: Sequence[float] = ALPHAS
+) -> tuple[list[np.ndarray], dict]:
     """Predictions [N, 1] (or class probabilities [N, C]) per task for every row of x, and the alphas chosen."""
     preds, chosen = [], {}
     for t, task in enumerate(tasks):
@@ -56,8 +57,9 @@ def ridge_per_task(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], spli
     return preds, {"alpha": chosen}
 
 
-def ridge_pooled(x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray],
-                 alphas: Sequence[float] = ALPHAS) -> tuple[list[np.ndarray], dict] | str:
+def ridge_pooled(
+    x: np.ndarray, y: np.ndarray, tasks: Sequence[TaskSpec], splits: dict[str, np.ndarray], alphas: Sequence[float] = ALPHAS
+) -> tuple[list[np.ndarray], dict] | str:
     """As ridge_per_task, or why the tasks cannot be pooled (a string)."""
     kinds = {t.kind for t in tasks}
     if len(kinds) != 1:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -20,8 +20,16 @@ def _rotate(ax) -> None:
         label.set_horizontalalignment("right")
 
 
-def label_efficiency(stats: pd.DataFrame, order: list[str], baseline: str, metric: str, xlabel: str, title: str,
-                     reference: float | None = None, reference_label: str = ""):
+def label_efficiency(
+    stats: pd.DataFrame,
+    order: list[str],
+    baseline: str,
+    metric: str,
+    xlabel: str,
+    title: str,
+    reference: float | None = None,
+    reference_label: str = "",
+):
     """Test metric against label budget, one line per strategy in `order` (the baseline dashed)."""
     fig = _figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.subplots()

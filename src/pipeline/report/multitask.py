@@ -15,10 +15,10 @@ multitask stage would make now, each with the config digest it would have now.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,8 +70,10 @@ def current_records(records: dict[str, dict], expected: dict[tuple[str, str, int
             stale.append(path)
     missing = sorted(set(expected) - found)
     if missing:
-        raise PipelineError(f"no multitask result of the current configuration for {listing(f'{s}+{w}/seed{seed}.json' for s, w, seed in missing)}"
-                            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the multitask stage")
+        raise PipelineError(
+            f"no multitask result of the current configuration for {listing(f'{s}+{w}/seed{seed}.json' for s, w, seed in missing)}"
+            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the multitask stage"
+        )
     return current, stale
 
 
@@ -83,8 +85,17 @@ def table(records: list[dict]) -> pd.DataFrame:
         for key, value in r["test"].items():
             parts = key.split("/")
             if len(parts) == 3:
-                rows.append({"method": method, "seed": r["seed"], "task": parts[1], "metric": parts[2], "value": value,
-                             "classic": bool(r.get("classic")), "run_id": r.get("run_id")})
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": r["seed"],
+                        "task": parts[1],
+                        "metric": parts[2],
+                        "value": value,
+                        "classic": bool(r.get("classic")),
+                        "run_id": r.get("run_id"),
+                    }
+                )
     return pd.DataFrame(rows, columns=["method", "seed", "task", "metric", "value", "classic", "run_id"])
 
 
@@ -124,7 +135,9 @@ def delta_m(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> pd.Da
     prim = prim[prim.task.isin(used)]
     base = prim[prim.method == baseline].set_index(["seed", "task"])["value"]
     if base.empty:
-        raise PipelineError(f"multitask.baseline={baseline!r}: no results of it in common tasks; Δm needs the baseline trained in the same experiment")
+        raise PipelineError(
+            f"multitask.baseline={baseline!r}: no results of it in common tasks; Δm needs the baseline trained in the same experiment"
+        )
     base_seeds = sorted(base.index.get_level_values(0).unique())
     out = []
     for (method, seed), g in prim.groupby(["method", "seed"]):
@@ -245,7 +258,7 @@ def load(cfg: DictConfig) -> MultitaskReport:
 
 
 def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fig: str, mlflow_uri: str) -> str:
-    ts, df, dm, stats, baseline = t.ts, t.df, t.dm, t.stats, t.baseline
+    ts, dm, stats, baseline = t.ts, t.dm, t.stats, t.baseline
     used, left_out = t.tasks_used
     seeds = t.seeds
     lines = [f"# {t.name}: does training the tasks together help?", ""]
@@ -253,25 +266,38 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         f"- Data: `{t.exp.data._target_.rsplit('.', 1)[1]}`; {len(ts.tasks)} tasks "
         f"({', '.join(sorted({x.kind for x in ts.tasks}))}); {ts.x.shape[0]} samples, {ts.x.shape[1]} features; "
         f"splits train/val/test {len(ts.splits['train'])}/{len(ts.splits['val'])}/{len(ts.splits['test'])}.",
-        f"- Baseline for Δm and negative transfer: `{baseline}` (`multitask.baseline`; trained in this experiment, same budget), paired by seed; seeds {seeds}.",
+        f"- Baseline for Δm and negative transfer: `{baseline}` (`multitask.baseline`; trained in this experiment, same budget),"
+        f" paired by seed; seeds {seeds}.",
         "- Δm = mean over tasks of the relative change of the task's primary metric (accuracy, or RMSE with its sign"
         " flipped) against that baseline, in %; higher is better.",
         f"- Tasks in Δm: {len(used)} of {len(ts.tasks)}, the same for every method"
-        + ("." if not left_out else "; left out (no result from every method, so Δm would average different tasks): "
-           + _capped([f"`{task}` ({t.test_labels(task)} test labels; no result from {', '.join(ms)})" for task, ms in left_out.items()]) + "."),
+        + (
+            "."
+            if not left_out
+            else "; left out (no result from every method, so Δm would average different tasks): "
+            + _capped([f"`{task}` ({t.test_labels(task)} test labels; no result from {', '.join(ms)})" for task, ms in left_out.items()])
+            + "."
+        ),
         f"- {len(t.records)} result records of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else "."),
     ]
     if t.skipped:
         lines.append("- Classic baselines without a result: " + "; ".join(f"`{c}`: {why}" for c, why in sorted(t.skipped.items())) + ".")
-    lines += ["", f"## Δm against `{baseline}` (mean ± std over seeds)", "",
-              "| method | Δm (%) | seeds with Δm > 0 | tasks worse than baseline |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Δm against `{baseline}` (mean ± std over seeds)",
+        "",
+        "| method | Δm (%) | seeds with Δm > 0 | tasks worse than baseline |",
+        "|---|---|---|---|",
+    ]
     worse = stats.groupby("method")["worse"].sum()
     mean_dm = dm.groupby("method").delta_m.mean()
     for method in sorted(mean_dm.index, key=lambda m: (m != baseline, -mean_dm[m])):
         g = dm[dm.method == method].delta_m
-        lines.append(f"| {method} | {fmt(g.mean(), spread(g), 2)} | "
-                     f"{'–' if method == baseline else f'{int((g > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |")
+        lines.append(
+            f"| {method} | {fmt(g.mean(), spread(g), 2)} | "
+            f"{'–' if method == baseline else f'{int((g > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |"
+        )
     classic_dm = t.classic_dm
     neural = mean_dm.drop([baseline, *classic_dm], errors="ignore")
     lines += ["", "## Findings", ""]
@@ -293,31 +319,60 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         lines.append("- Classic baselines against the same baseline: " + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items()) + ".")
         beaten_by = [m for m, v in classic_dm.items() if len(neural) and v > neural.max()]
         if beaten_by:
-            lines.append(f"- {', '.join(f'`{m}`' for m in beaten_by)} beats every neural method: here a linear model is the one to beat,"
-                         " and no sharing scheme or weighting does.")
+            lines.append(
+                f"- {', '.join(f'`{m}`' for m in beaten_by)} beats every neural method: here a linear model is the one to beat,"
+                " and no sharing scheme or weighting does."
+            )
     lines.append(conflict_finding(t, top))
     for method, picks in auto_choices(t.records, archs).items():
         text = ", ".join(f"{k} = {values}" for k, (values, _) in picks.items())
         edge = [k for k, (values, grid) in picks.items() if grid and any(v in (min(grid), max(grid)) and v != 0 for v in values)]
-        lines.append(f"- `{method}`: {text} (chosen on validation data, by seed)"
-                     + (f"; {', '.join(edge)} at the edge of its `auto_grid`: widen the grid." if edge else "."))
+        lines.append(
+            f"- `{method}`: {text} (chosen on validation data, by seed)"
+            + (f"; {', '.join(edge)} at the edge of its `auto_grid`: widen the grid." if edge else ".")
+        )
     names = sorted(x.name for x in ts.tasks)
     if len(names) <= 12:
         metric = {x.name: x.primary for x in ts.tasks}
-        lines += ["", "## Per task (test " + ", ".join(sorted(set(metric.values()))) + "; ⚠ = worse than the baseline)", "",
-                  "| method | " + " | ".join(f"{n} ({metric[n]})" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+        lines += [
+            "",
+            "## Per task (test " + ", ".join(sorted(set(metric.values()))) + "; ⚠ = worse than the baseline)",
+            "",
+            "| method | " + " | ".join(f"{n} ({metric[n]})" for n in names) + " |",
+            "|" + "---|" * (len(names) + 1),
+        ]
         cell = {(r.method, r.task): r for r in stats.itertuples()}
         for method in baseline_first(stats.method, baseline):
-            lines.append(f"| {method} | " + " | ".join(
-                (fmt(cell[method, n].mean, cell[method, n].std) + (" ⚠" if cell[method, n].worse else "")) if (method, n) in cell else "–"
-                for n in names) + " |")
+            lines.append(
+                f"| {method} | "
+                + " | ".join(
+                    (fmt(cell[method, n].mean, cell[method, n].std) + (" ⚠" if cell[method, n].worse else "")) if (method, n) in cell else "–"
+                    for n in names
+                )
+                + " |"
+            )
     else:
-        lines += ["", f"{len(names)} tasks: the per-task table is in `reports/metrics/{t.name}.json`; the figure shows each method's per-task change."]
-    lines += ["", "## Figures", "", f"![per-task results]({results_fig})", "", f"![task weights and gradient conflict]({histories_fig})", "",
-              histories_caption(t), "",
-              "## Reproduce and inspect", "",
-              f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}` (`mlflow ui --backend-store-uri {mlflow_uri}`),"
-              " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.", ""]
+        lines += [
+            "",
+            f"{len(names)} tasks: the per-task table is in `reports/metrics/{t.name}.json`; the figure shows each method's per-task change.",
+        ]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![per-task results]({results_fig})",
+        "",
+        f"![task weights and gradient conflict]({histories_fig})",
+        "",
+        histories_caption(t),
+        "",
+        "## Reproduce and inspect",
+        "",
+        f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}`"
+        f" (`mlflow ui --backend-store-uri {mlflow_uri}`),"
+        " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -330,8 +385,12 @@ def histories_caption(t: MultitaskReport) -> str:
     seed, weights, cosines = histories(t.records)
     if seed is None:
         return "Task weights and gradient cosines: none — no run in these results logged per-epoch histories."
-    parts = [f"Task weights per epoch (seed {seed}): " + (", ".join(f"`{m}`" for m in weights) if weights else "none (every weighting kept all weights at 1)"),
-             "mean cosine of the task gradients on the shared parameters: " + (", ".join(f"`{m}`" for m in cosines) if cosines else "none (no method shares parameters)")]
+    parts = [
+        f"Task weights per epoch (seed {seed}): "
+        + (", ".join(f"`{m}`" for m in weights) if weights else "none (every weighting kept all weights at 1)"),
+        "mean cosine of the task gradients on the shared parameters: "
+        + (", ".join(f"`{m}`" for m in cosines) if cosines else "none (no method shares parameters)"),
+    ]
     return "; ".join(parts) + "."
 
 
@@ -346,9 +405,11 @@ def conflict_finding(t: MultitaskReport, best: str | None) -> str:
     method = next((m for m in preferred if m in cosines), next(iter(cosines)))
     cos = [h for h in cosines[method] if "grad/cos_mean" in h]
     mean = sum(h["grad/cos_mean"] for h in cos) / len(cos)
-    return (f"- Gradient conflict under `{method}` (seed {seed}): the task gradients' mean cosine on the shared parameters averaged"
-            f" {mean:+.3f} over {len(cos)} epochs (lowest pairwise {min(h['grad/cos_min'] for h in cos):+.3f}); negative values are the"
-            " conflict gradient aggregators target.")
+    return (
+        f"- Gradient conflict under `{method}` (seed {seed}): the task gradients' mean cosine on the shared parameters averaged"
+        f" {mean:+.3f} over {len(cos)} epochs (lowest pairwise {min(h['grad/cos_min'] for h in cos):+.3f}); negative values are the"
+        " conflict gradient aggregators target."
+    )
 
 
 def figures(t: MultitaskReport) -> tuple:

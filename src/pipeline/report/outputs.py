@@ -8,8 +8,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import PipelineError
 
@@ -40,7 +41,7 @@ def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
             path = scratch / f"{i}{Path(rel).suffix}"
             _save(value, path)
             os.chmod(path, 0o666 & ~umask())
-        for rel, target in targets.items():
+        for target in targets.values():
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_dir():
                 raise PipelineError(f"cannot write the report output {target}: a directory is in the way")
@@ -51,8 +52,17 @@ def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
     return targets
 
 
-def log(cfg, name: str, artifacts: Mapping[str, Path], *, data_hash: str, params: Mapping[str, Any], source_run_id: str | None = None,
-        metrics: Mapping[str, float] | None = None, run_metrics: Mapping[str, Mapping[str, float]] | None = None) -> str:
+def log(
+    cfg,
+    name: str,
+    artifacts: Mapping[str, Path],
+    *,
+    data_hash: str,
+    params: Mapping[str, Any],
+    source_run_id: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    run_metrics: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
     """A `report` run in MLflow holding `artifacts` ({relative path: file}, kept in their folders) and
     `metrics`; `run_metrics` ({run id: metrics}) are logged back onto the runs the report compared."""
     from pipeline.tracking import Tracker

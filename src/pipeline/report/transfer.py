@@ -47,13 +47,24 @@ def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], 
         if key not in expected or r.get("config_digest") != expected[key]:
             stale.append(str(f.relative_to(finetune_dir)))
             continue
-        rows.append({"strategy": r["strategy"], "budget": r["budget"], "seed": r["seed"], "run_id": r["run_id"],
-                     **{k.split("/", 1)[1]: v for k, v in r["test"].items() if k != "test/loss"}})
+        rows.append(
+            {
+                "strategy": r["strategy"],
+                "budget": r["budget"],
+                "seed": r["seed"],
+                "run_id": r["run_id"],
+                **{k.split("/", 1)[1]: v for k, v in r["test"].items() if k != "test/loss"},
+            }
+        )
     missing = sorted(set(expected) - {(r["strategy"], r["budget"], r["seed"]) for r in rows})
     if missing:
-        names = ", ".join(f"{s}/k{b}_seed{seed}.json" for s, b, seed in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise PipelineError(f"{finetune_dir}: no result of the current configuration for {names}"
-                            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the finetune stage")
+        names = ", ".join(f"{s}/k{b}_seed{seed}.json" for s, b, seed in missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise PipelineError(
+            f"{finetune_dir}: no result of the current configuration for {names}"
+            f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the finetune stage"
+        )
     return pd.DataFrame(rows), stale
 
 
@@ -146,16 +157,24 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     exp = t.exp
     lines = [f"# {t.name}: does the source help the target?", ""]
     lines += [
-        f"- Source: `{exp.source._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.source))}; target: `{exp.target._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.target))}.",
-        f"- Target task `{task.name}` ({task.kind}{f', {task.n_outputs} classes' if task.classes else ''}); {t.unit} k ∈ {budgets}; seeds {seeds} (a seed fixes the labelled subset and the initialisation, so gains are paired).",
-        f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split (MLflow run `{t.source['run_id']}`).",
+        f"- Source: `{exp.source._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.source))};"
+        f" target: `{exp.target._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.target))}.",
+        f"- Target task `{task.name}` ({task.kind}{f', {task.n_outputs} classes' if task.classes else ''}); {t.unit} k ∈ {budgets};"
+        f" seeds {seeds} (a seed fixes the labelled subset and the initialisation, so gains are paired).",
+        f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split"
+        f" (MLflow run `{t.source['run_id']}`).",
     ]
     if "zero_shot_acc" in t.knowledge:
-        lines.append(f"- Domain gap: the source model, with no target labels at all, scores accuracy {t.knowledge['zero_shot_acc']:.3f} on the target test split.")
+        lines.append(
+            f"- Domain gap: the source model, with no target labels at all, scores accuracy {t.knowledge['zero_shot_acc']:.3f}"
+            " on the target test split."
+        )
     if "leep" in t.knowledge:
         lines.append(f"- Transferability (LEEP of the source's predictions on the target train split): {t.knowledge['leep']:.3f}.")
-    lines.append(f"- {len(df)} fine-tune runs of the current configuration"
-                 + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else "."))
+    lines.append(
+        f"- {len(df)} fine-tune runs of the current configuration"
+        + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else ".")
+    )
     cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
     lines += ["", f"## Test {primary} (mean ± std over {len(seeds)} seeds)", ""]
     lines += _table(order, budgets, lambda s, b: fmt(cell[s, b].mean, cell[s, b].std) if (s, b) in cell else None)
@@ -188,11 +207,19 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     for m in task.metrics[1:]:
         sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
         lines += ["", f"## Test {m} (mean ± std)", ""]
-        lines += _table(order, budgets, lambda s, b: fmt(sub[s, b].mean, sub[s, b].std) if (s, b) in sub else None)
-    lines += ["", "## Figure", "", f"![label efficiency]({figure})", "",
-              "## Reproduce and inspect", "",
-              f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
-              f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`.", ""]
+        lines += _table(order, budgets, lambda s, b, sub=sub: fmt(sub[s, b].mean, sub[s, b].std) if (s, b) in sub else None)
+    lines += [
+        "",
+        "## Figure",
+        "",
+        f"![label efficiency]({figure})",
+        "",
+        "## Reproduce and inspect",
+        "",
+        f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
+        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -200,8 +227,16 @@ def figure(t: TransferReport):
     from pipeline.report.figures import label_efficiency
 
     ref = t.knowledge.get("zero_shot_acc") if t.task.primary == "acc" else None
-    return label_efficiency(t.stats, t.order, t.baseline, t.task.primary, f"target {t.unit} (k)", f"{t.name}: {t.task.primary} vs {t.unit}",
-                            ref, "source model, no target labels" if ref is not None else "")
+    return label_efficiency(
+        t.stats,
+        t.order,
+        t.baseline,
+        t.task.primary,
+        f"target {t.unit} (k)",
+        f"{t.name}: {t.task.primary} vs {t.unit}",
+        ref,
+        "source model, no target labels" if ref is not None else "",
+    )
 
 
 def dvc_metrics(t: TransferReport) -> dict:

@@ -17,12 +17,12 @@ def run(cfg: DictConfig) -> dict:
     import numpy as np
     import torch
 
+    from pipeline.config import settings
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.knowledge import leep
     from pipeline.models import build, load_checkpoint
     from pipeline.tracking import Tracker
-    from pipeline.config import settings
     from pipeline.training import TaskModule, TensorLoader, trainer
 
     (trainer_cfg,) = settings(cfg, "trainer")
@@ -53,8 +53,9 @@ def run(cfg: DictConfig) -> dict:
             summary["shared_label_space"] = True
             summary["zero_shot_acc"] = float((probs[te].argmax(1) == y[te]).mean())
     tracker = Tracker(name, cfg.tracking.uri)
-    with tracker.run("extract", variant="source", data_hash=tgt.data_hash, params={"feature_dim": feats.shape[1]},
-                     source_run_id=ckpt["run_id"]) as run_id:
+    with tracker.run(
+        "extract", variant="source", data_hash=tgt.data_hash, params={"feature_dim": feats.shape[1]}, source_run_id=ckpt["run_id"]
+    ) as run_id:
         tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
         summary["run_id"] = run_id
         with atomic_dir(paths.knowledge) as tmp:

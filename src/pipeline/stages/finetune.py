@@ -21,19 +21,22 @@ def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     result record so the report can tell results of the current configuration from stale ones."""
     fit_cfg = {k: v for k, v in config_dict(cfg, "trainer")["trainer"].items() if k not in NO_EFFECT}
     fit_cfg.update({k: v for k, v in config_dict(cfg, "transfer")["transfer"].items() if k not in ("strategies", "baseline")})
-    return config_dict(cfg, "model", "optimizer") | {"transfer": fit_cfg, "strategy": config_dict(cfg.transfer.strategies, strategy_name)[strategy_name]}
+    return config_dict(cfg, "model", "optimizer") | {
+        "transfer": fit_cfg,
+        "strategy": config_dict(cfg.transfer.strategies, strategy_name)[strategy_name],
+    }
 
 
 def run(cfg: DictConfig) -> list[dict]:
     import numpy as np
     import torch
 
+    from pipeline.config import settings
     from pipeline.data import TaskSet, label_budget
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.stages.pretrain import split_tensors
     from pipeline.tracking import Tracker, digest
-    from pipeline.config import settings
     from pipeline.training import TaskModule, fit
     from pipeline.transfer import TransferContext
 
@@ -76,20 +79,46 @@ def run(cfg: DictConfig) -> list[dict]:
                 inputs = features if plan.inputs == "features" else tgt.x
                 params = run_params(cfg, strategy_name)
                 uses_source = bool(plan.copied) or plan.inputs == "features"
-                with tracker.run("finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k,
-                                 source_run_id=ckpt["run_id"] if uses_source else None,
-                                 tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
-                                 ) as run_id:
+                with tracker.run(
+                    "finetune",
+                    variant=strategy_name,
+                    seed=seed,
+                    data_hash=tgt.data_hash,
+                    params=params,
+                    budget=k,
+                    source_run_id=ckpt["run_id"] if uses_source else None,
+                    tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})},
+                ) as run_id:
                     start = time.perf_counter()
                     module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer, "optimizer"), plan.extra_loss)
                     result = fit(module, split_tensors(tgt, inputs, index), tcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
                     seconds = time.perf_counter() - start
-                    tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/n_train": len(index["train"]),
-                                                 "fit/n_copied": len(plan.copied), "fit/n_frozen": len(plan.frozen)})
-                record = {"config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}), "strategy": strategy_name, "budget": int(k), "seed": int(seed), "run_id": run_id, "test": result.test,
-                          "best_epoch": result.best_epoch, "seconds": round(seconds, 2), "n_train": int(len(index["train"]))}
+                    tracker.log_metrics(
+                        run_id,
+                        {
+                            "fit/best_epoch": result.best_epoch,
+                            "fit/seconds": seconds,
+                            "fit/n_train": len(index["train"]),
+                            "fit/n_copied": len(plan.copied),
+                            "fit/n_frozen": len(plan.frozen),
+                        },
+                    )
+                record = {
+                    "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
+                    "strategy": strategy_name,
+                    "budget": int(k),
+                    "seed": int(seed),
+                    "run_id": run_id,
+                    "test": result.test,
+                    "best_epoch": result.best_epoch,
+                    "seconds": round(seconds, 2),
+                    "n_train": int(len(index["train"])),
+                }
                 results.append(record)
-                print(f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s", flush=True)
+                print(
+                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
+                    flush=True,
+                )
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)

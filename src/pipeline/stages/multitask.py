@@ -24,8 +24,10 @@ def baseline(mcfg) -> tuple[str, str]:
     """(scheme, weighting) of `multitask.baseline`, checked against the configured ones."""
     scheme, _, weighting = mcfg.baseline.partition("+")
     if scheme not in mcfg.archs or weighting not in mcfg.weightings:
-        raise PipelineError(f"multitask.baseline must be <scheme>+<weighting> of multitask.archs {sorted(mcfg.archs)} and "
-                            f"multitask.weightings {sorted(mcfg.weightings)}, got {mcfg.baseline!r}")
+        raise PipelineError(
+            f"multitask.baseline must be <scheme>+<weighting> of multitask.archs {sorted(mcfg.archs)} and "
+            f"multitask.weightings {sorted(mcfg.weightings)}, got {mcfg.baseline!r}"
+        )
     return scheme, weighting
 
 
@@ -51,8 +53,9 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     base = baseline(mcfg)
     # The experiment's own grid (`schemes`, `weightings`; null = all configured), then the selectors.
     schemes = pick(cfg.get("scheme"), pick(exp.get("schemes"), mt.archs.keys(), "scheme in the experiment's schemes"), "scheme")
-    weightings = pick(cfg.get("weighting"), pick(exp.get("weightings"), mt.weightings.keys(), "weighting in the experiment's weightings"),
-                      "weighting")
+    weightings = pick(
+        cfg.get("weighting"), pick(exp.get("weightings"), mt.weightings.keys(), "weighting in the experiment's weightings"), "weighting"
+    )
     explicit = cfg.get("scheme") is not None and cfg.get("weighting") is not None
     # Schemes every weighting is tried on; the others train with equal weights only (unless a
     # scheme is selected by name). Null: the full schemes x weightings product.
@@ -62,8 +65,9 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
     else:
         weightings_on = schemes
     # How many parameters each scheme shares decides which weightings apply; build each net once.
-    n_shared = {s: len(instantiate(auto_candidates(mt.archs[s])[0], f"scheme {s}", input_dim=input_dim, tasks=tasks).shared_parameters())
-                for s in schemes}
+    n_shared = {
+        s: len(instantiate(auto_candidates(mt.archs[s])[0], f"scheme {s}", input_dim=input_dim, tasks=tasks).shared_parameters()) for s in schemes
+    }
     pairs = []
     for s, w in itertools.product(schemes, weightings):
         if s == base[0] and w != base[1] and not explicit:
@@ -117,14 +121,19 @@ def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
     # Left out: what selects runs or reports on them, not how one run trains.
     fit_cfg = {k: v for k, v in config_dict(cfg, "trainer")["trainer"].items() if k not in NO_EFFECT}
     fit_cfg |= {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic", "baseline", "weightings_on")}
-    return {"multitask": fit_cfg, "arch": mt["archs"][scheme], "weighting": mt["weightings"][wname], "optimizer": config_dict(cfg, "optimizer")["optimizer"]}
+    return {
+        "multitask": fit_cfg,
+        "arch": mt["archs"][scheme],
+        "weighting": mt["weightings"][wname],
+        "optimizer": config_dict(cfg, "optimizer")["optimizer"],
+    }
 
 
 def run(cfg: DictConfig) -> list[dict]:
     import torch
 
-    from pipeline.data import TaskSet
     from pipeline.config import settings
+    from pipeline.data import TaskSet
     from pipeline.io import write_json
     from pipeline.multitask.weighting import build
     from pipeline.stages import experiment
@@ -149,31 +158,62 @@ def run(cfg: DictConfig) -> list[dict]:
             torch.manual_seed(seed)
             net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
             weighting = build(mt.weightings[wname], n_tasks=len(ts.tasks))
-            module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer, "optimizer"), weighting)
-            params = {"multitask": run_params(cfg, scheme, wname)["multitask"], "arch": arch, "weighting": OmegaConf.to_container(mt.weightings[wname]),
-                      "optimizer": OmegaConf.to_container(cfg.optimizer)}
+            module = TaskModule(
+                net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer, "optimizer"), weighting
+            )
+            params = {
+                "multitask": run_params(cfg, scheme, wname)["multitask"],
+                "arch": arch,
+                "weighting": OmegaConf.to_container(mt.weightings[wname]),
+                "optimizer": OmegaConf.to_container(cfg.optimizer),
+            }
             method = f"{scheme}+{wname}"
-            with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params,
-                             tags={"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}) as run_id:
+            with tracker.run(
+                "multitask",
+                variant=method,
+                seed=seed,
+                data_hash=ts.data_hash,
+                params=params,
+                tags={"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))},
+            ) as run_id:
                 res = fit(module, data, mcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
-                candidates.append({"scheme": scheme, "weighting": wname, "seed": int(seed), "run_id": run_id, "arch": arch,
-                                   "test": res.test, "best_val": res.best_val, "best_epoch": res.best_epoch, "history": module.history})
+                candidates.append(
+                    {
+                        "scheme": scheme,
+                        "weighting": wname,
+                        "seed": int(seed),
+                        "run_id": run_id,
+                        "arch": arch,
+                        "test": res.test,
+                        "best_val": res.best_val,
+                        "best_epoch": res.best_epoch,
+                        "history": module.history,
+                    }
+                )
         chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
         if len(candidates) > 1:
             tracker.client.set_tag(chosen["run_id"], "selected", "true")
         chosen["seconds"] = round(time.perf_counter() - start, 2)
         chosen["config_digest"] = digest({**run_params(cfg, scheme, wname), "data_hash": ts.data_hash})
         results.append(chosen)
-        print(f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
-              f"{chosen['seconds']:5.1f}s", flush=True)
+        print(
+            f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
+            f"{chosen['seconds']:5.1f}s",
+            flush=True,
+        )
     skipped = None
     if cfg.get("scheme") is None and cfg.get("weighting") is None:
         fitted, skipped = classic(ts, mcfg.classic)
         for c in fitted:
             # Deterministic fits: one MLflow run each, next to the neural runs it is compared with.
             method = f"{c['scheme']}+sklearn"
-            with tracker.run("multitask", variant=method, data_hash=ts.data_hash, params={"classic": c["params"]},
-                             tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))}) as run_id:
+            with tracker.run(
+                "multitask",
+                variant=method,
+                data_hash=ts.data_hash,
+                params={"classic": c["params"]},
+                tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
+            ) as run_id:
                 tracker.log_metrics(run_id, c["test"])
                 c["run_id"] = run_id
             c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})

@@ -21,7 +21,9 @@ def one_task(data_cfg, split, role: str, what: str):
     ts = build_taskset(data_cfg, split, role, what)
     if len(ts.tasks) != 1:
         names = [t.name for t in ts.tasks]
-        raise PipelineError(f"{what}: a transfer {role} has one task; data {data_cfg.get('_target_')!r} gives {len(names)} {names} (use a multitask experiment)")
+        raise PipelineError(
+            f"{what}: a transfer {role} has one task; data {data_cfg.get('_target_')!r} gives {len(names)} {names} (use a multitask experiment)"
+        )
     return ts
 
 
@@ -31,7 +33,14 @@ def check_budgets(ts, budgets, role: str) -> None:
     task = ts.tasks[0]
     for k in budgets:
         for split in ("train", "val"):
-            label_budget(ts.y[:, 0], ts.splits[split], task.kind, int(k), seed=0, where=f"{role} {split} split ({ts.provenance.get('file', ts.provenance['adapter'])})")
+            label_budget(
+                ts.y[:, 0],
+                ts.splits[split],
+                task.kind,
+                int(k),
+                seed=0,
+                where=f"{role} {split} split ({ts.provenance.get('file', ts.provenance['adapter'])})",
+            )
 
 
 def run(cfg: DictConfig) -> dict:

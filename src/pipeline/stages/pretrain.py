@@ -23,11 +23,11 @@ def split_tensors(ts, x=None, index=None):
 def run(cfg: DictConfig) -> dict:
     import torch
 
+    from pipeline.config import settings
     from pipeline.data import TaskSet
     from pipeline.io import atomic_dir, write_json
     from pipeline.models import architecture, build, save_checkpoint
     from pipeline.tracking import Tracker
-    from pipeline.config import settings
     from pipeline.training import TaskModule, fit
 
     trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
@@ -47,8 +47,14 @@ def run(cfg: DictConfig) -> dict:
         result = fit(module, split_tensors(src), pre, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
         seconds = time.perf_counter() - start
         tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds})
-        summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": result.test, "best_epoch": result.best_epoch,
-                   "seconds": round(seconds, 2)}
+        summary = {
+            "run_id": run_id,
+            "task": asdict(task),
+            "data_hash": src.data_hash,
+            "test": result.test,
+            "best_epoch": result.best_epoch,
+            "seconds": round(seconds, 2),
+        }
         with atomic_dir(paths.source) as tmp:
             save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
             write_json(tmp / "summary.json", summary)

@@ -27,13 +27,27 @@ def run_transfer(cfg: DictConfig) -> dict:
     t = transfer.load(cfg)
     name, fig = t.name, f"figures/{t.name}_label_efficiency.png"
     metrics = transfer.dvc_metrics(t)
-    written = outputs.write(cfg.paths.reports, {
-        f"{name}.md": transfer.render(t, fig, cfg.tracking.uri), fig: transfer.figure(t),
-        f"metrics/{name}.json": metrics, f"plots/{name}.csv": transfer.dvc_plot(t)})
-    outputs.log(cfg, name, {k: written[k] for k in (f"{name}.md", fig)}, data_hash=t.data_hash, source_run_id=t.source["run_id"],
-                params={"n_runs": len(t.df), "n_stale": len(t.stale), "baseline": t.baseline})
-    print(f"report {name}: {written[f'{name}.md']} and {written[fig]} ({len(t.df)} runs, {len(t.stale)} stale ignored);"
-          f" MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
+    written = outputs.write(
+        cfg.paths.reports,
+        {
+            f"{name}.md": transfer.render(t, fig, cfg.tracking.uri),
+            fig: transfer.figure(t),
+            f"metrics/{name}.json": metrics,
+            f"plots/{name}.csv": transfer.dvc_plot(t),
+        },
+    )
+    outputs.log(
+        cfg,
+        name,
+        {k: written[k] for k in (f"{name}.md", fig)},
+        data_hash=t.data_hash,
+        source_run_id=t.source["run_id"],
+        params={"n_runs": len(t.df), "n_stale": len(t.stale), "baseline": t.baseline},
+    )
+    print(
+        f"report {name}: {written[f'{name}.md']} and {written[fig]} ({len(t.df)} runs, {len(t.stale)} stale ignored);"
+        f" MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}"
+    )
     return metrics
 
 
@@ -46,15 +60,26 @@ def run_multitask(cfg: DictConfig) -> dict:
     results_fig, weights_fig = f"figures/{name}_per_task.png", f"figures/{name}_task_weights.png"
     metrics = multitask.dvc_metrics(t)
     results_plot, weights_plot = multitask.figures(t)
-    written = outputs.write(cfg.paths.reports, {
-        f"{name}.md": multitask.render(t, cfg.multitask.archs, weights_fig, results_fig, cfg.tracking.uri),
-        results_fig: results_plot, weights_fig: weights_plot, f"metrics/{name}.json": metrics,
-        f"plots/{name}.csv": "method,delta_m\n" + "".join(f"{m},{v}\n" for m, v in metrics["delta_m"].items())})
+    written = outputs.write(
+        cfg.paths.reports,
+        {
+            f"{name}.md": multitask.render(t, cfg.multitask.archs, weights_fig, results_fig, cfg.tracking.uri),
+            results_fig: results_plot,
+            weights_fig: weights_plot,
+            f"metrics/{name}.json": metrics,
+            f"plots/{name}.csv": "method,delta_m\n" + "".join(f"{m},{v}\n" for m, v in metrics["delta_m"].items()),
+        },
+    )
     n_runs = int(t.df[["method", "seed"]].drop_duplicates().shape[0])
-    outputs.log(cfg, name, {k: written[k] for k in (f"{name}.md", results_fig, weights_fig)}, data_hash=t.ts.data_hash,
-                params={"n_runs": n_runs, "n_stale": len(t.stale), "baseline": t.baseline, "n_tasks_delta_m": len(t.tasks_used[0])},
-                metrics={f"delta_m/{m.replace('+', '.')}": v for m, v in metrics["delta_m"].items()},  # MLflow keys allow no "+"
-                run_metrics=multitask.run_delta_m(t))
+    outputs.log(
+        cfg,
+        name,
+        {k: written[k] for k in (f"{name}.md", results_fig, weights_fig)},
+        data_hash=t.ts.data_hash,
+        params={"n_runs": n_runs, "n_stale": len(t.stale), "baseline": t.baseline, "n_tasks_delta_m": len(t.tasks_used[0])},
+        metrics={f"delta_m/{m.replace('+', '.')}": v for m, v in metrics["delta_m"].items()},  # MLflow keys allow no "+"
+        run_metrics=multitask.run_delta_m(t),
+    )
     print(f"report {name}: {', '.join(str(p) for p in written.values())}; MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
     return metrics
 

@@ -24,5 +24,17 @@ from pipeline.training.loader import TensorLoader
 from pipeline.training.metrics import masked_losses, per_task_metrics, selection_score, task_metrics
 from pipeline.training.module import OneTaskNet, TaskModule, backward_step
 
-__all__ = ["FitResult", "OneTaskNet", "TaskModule", "TensorLoader", "backward_step", "fit", "masked_losses", "per_task_metrics", "quiet",
-           "selection_score", "task_metrics", "trainer"]
+__all__ = [
+    "FitResult",
+    "OneTaskNet",
+    "TaskModule",
+    "TensorLoader",
+    "backward_step",
+    "fit",
+    "masked_losses",
+    "per_task_metrics",
+    "quiet",
+    "selection_score",
+    "task_metrics",
+    "trainer",
+]

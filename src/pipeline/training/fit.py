@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -53,7 +54,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def trainer(settings: TrainerConfig, max_epochs: int, logger=None, callbacks: Sequence[L.Callback] = (), progress_bar: bool | None = None) -> L.Trainer:
+def trainer(
+    settings: TrainerConfig, max_epochs: int, logger=None, callbacks: Sequence[L.Callback] = (), progress_bar: bool | None = None
+) -> L.Trainer:
     """A Lightning Trainer for `settings` (conf/trainer/); progress_bar overrides the setting."""
     quiet()
     if settings.num_threads:

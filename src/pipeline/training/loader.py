@@ -18,8 +18,9 @@ class TensorLoader:
     unchanged (same minibatches, same order, one update per minibatch).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1,
-                 steps_per_batch: int = 0) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1, steps_per_batch: int = 0
+    ) -> None:
         self.x, self.y = x, y
         self.batch_size = min(int(batch_size), len(x)) if shuffle else int(batch_size)
         self.shuffle = shuffle

@@ -15,7 +15,8 @@ learning rates (transfer plans).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -74,9 +75,15 @@ class TaskModule(L.LightningModule):
     one task's primary metric (`val/acc`, `val/rmse`) in its direction, or `val/score` for several.
     Metrics are `<split>/<metric>` for one task, `<split>/<task>/<metric>` and `<split>/score` for several."""
 
-    def __init__(self, net: nn.Module, tasks: Sequence[TaskSpec], param_groups: Sequence[Mapping[str, Any]],
-                 optimizer: Callable[..., torch.optim.Optimizer] | None, weighting: nn.Module | None = None,
-                 log_gradient_cosine: bool = True) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        tasks: Sequence[TaskSpec],
+        param_groups: Sequence[Mapping[str, Any]],
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        weighting: nn.Module | None = None,
+        log_gradient_cosine: bool = True,
+    ) -> None:
         super().__init__()
         from pipeline.multitask.weighting.equal import Equal
 
@@ -98,8 +105,14 @@ class TaskModule(L.LightningModule):
         self.test_results: dict[str, float] = {}
 
     @classmethod
-    def single(cls, net: nn.Module, task: TaskSpec, param_groups: Sequence[Mapping[str, Any]],
-               optimizer: Callable[..., torch.optim.Optimizer] | None, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> "TaskModule":
+    def single(
+        cls,
+        net: nn.Module,
+        task: TaskSpec,
+        param_groups: Sequence[Mapping[str, Any]],
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    ) -> TaskModule:
         """One task on a backbone -> head `Net`, equal weights (labels y [N, 1])."""
         return cls(OneTaskNet(net, extra_loss), [task], param_groups, optimizer)
 

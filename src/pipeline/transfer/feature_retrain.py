@@ -3,7 +3,7 @@ stage computes them once); a new target model is trained on those features alone
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.models import build
@@ -20,7 +20,9 @@ class FeatureRetrain(Strategy):
     def build(self, ctx: TransferContext, lr: float) -> TransferPlan:
         if ctx.feature_dim is None:
             raise PipelineError("feature_retrain needs the extracted source features; run the extract stage first")
-        arch = {"backbone": {"_target_": "pipeline.models.MLP", "input_dim": ctx.feature_dim, "hidden": self.hidden, "dropout": self.dropout},
-                "n_outputs": ctx.target.n_outputs}
+        arch = {
+            "backbone": {"_target_": "pipeline.models.MLP", "input_dim": ctx.feature_dim, "hidden": self.hidden, "dropout": self.dropout},
+            "n_outputs": ctx.target.n_outputs,
+        }
         net = build(arch)
         return TransferPlan(net, [{"name": "all", "params": list(net.parameters()), "lr": lr}], inputs="features")

@@ -4,7 +4,7 @@ fine-tuning rate): a smaller rate keeps them near the source solution while the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.models import build, load_matching
 from pipeline.transfer import Strategy, TransferContext, TransferPlan, freeze, target_arch

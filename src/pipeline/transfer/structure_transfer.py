@@ -5,7 +5,7 @@ is mainly the structure, plus the low-level layers the user chooses to carry ove
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.models import build, load_matching
 from pipeline.transfer import Strategy, TransferContext, TransferPlan, target_arch

@@ -8,7 +8,7 @@ interface, so any scheme pairs with any weighting that its sharing allows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

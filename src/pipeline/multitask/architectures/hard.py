@@ -3,7 +3,7 @@ each; the tasks' losses are combined by the weighting method into one update of 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.models import MLP
 from pipeline.multitask.architectures import MultitaskNet, heads
@@ -12,8 +12,9 @@ from pipeline.multitask.architectures import MultitaskNet, heads
 class HardSharing(MultitaskNet):
     name = "hard"
 
-    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0, activation: str = "relu"
+    ) -> None:
         super().__init__(input_dim, tasks)
         self.trunk = MLP(input_dim, hidden, dropout, activation)
         self.heads = heads(self.trunk.out_dim, tasks, head_hidden, dropout)

@@ -8,7 +8,7 @@ unrelated ones route apart."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,8 +20,9 @@ from pipeline.multitask.architectures import MultitaskNet, heads
 class MMoE(MultitaskNet):
     name = "mmoe"
 
-    def __init__(self, input_dim, tasks, n_experts: int = 4, expert_hidden: Sequence[int] = (256, 128),
-                 head_hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim, tasks, n_experts: int = 4, expert_hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0
+    ) -> None:
         super().__init__(input_dim, tasks)
         self.experts = nn.ModuleList(MLP(input_dim, expert_hidden, dropout) for _ in range(int(n_experts)))
         width = self.experts[0].out_dim

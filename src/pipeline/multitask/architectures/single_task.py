@@ -3,7 +3,7 @@ same family and size as one branch of the shared models, trained in the same run
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -14,8 +14,9 @@ from pipeline.multitask.architectures import MultitaskNet, heads
 class SingleTask(MultitaskNet):
     name = "single_task"
 
-    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0, activation: str = "relu"
+    ) -> None:
         super().__init__(input_dim, tasks)
         self.trunks = nn.ModuleList(MLP(input_dim, hidden, dropout, activation) for _ in tasks)
         self.heads = nn.ModuleList(heads(t.out_dim, [task], head_hidden, dropout)[0] for t, task in zip(self.trunks, tasks))

@@ -11,7 +11,7 @@ No parameter is literally shared, so gradient-aggregation weightings do not appl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -23,8 +23,16 @@ class SoftSharing(SingleTask):
 
     name = "soft"
 
-    def __init__(self, input_dim, tasks, hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (), dropout: float = 0.0,
-                 coupling: float = 1e-3, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        input_dim,
+        tasks,
+        hidden: Sequence[int] = (256, 128),
+        head_hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        coupling: float = 1e-3,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(input_dim, tasks, hidden, head_hidden, dropout, activation)
         self.coupling = float(coupling)
 

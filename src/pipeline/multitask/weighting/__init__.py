@@ -15,7 +15,8 @@ comparable quantity, `train/weight/<task>`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +38,9 @@ class Weighting(nn.Module):
             raise PipelineError(f"weighting '{self.name}': n_tasks must be >= 1, got {n_tasks}")
         self.n_tasks = int(n_tasks)
 
-    def backward(self, losses: Tensor | Sequence[Tensor], shared_params: list[Tensor],
-                 features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def backward(
+        self, losses: Tensor | Sequence[Tensor], shared_params: list[Tensor], features: list[Tensor] | None, task_params: list[list[Tensor]]
+    ) -> Tensor:
         """Populate `.grad` of every parameter (accumulating, like autograd) from the task losses.
 
         losses: the T per-task losses with their graph, a [T] tensor or a sequence of T scalars; a
@@ -54,19 +56,26 @@ class Weighting(nn.Module):
             per_task = list(losses.unbind())
         else:
             per_task = list(losses)
-            if len(per_task) != self.n_tasks or any(l.ndim != 0 for l in per_task):
-                raise ValueError(f"weighting '{self.name}' expects {self.n_tasks} scalar losses, got {[tuple(l.shape) for l in per_task]}")
+            if len(per_task) != self.n_tasks or any(loss.ndim != 0 for loss in per_task):
+                raise ValueError(f"weighting '{self.name}' expects {self.n_tasks} scalar losses, got {[tuple(loss.shape) for loss in per_task]}")
             losses = torch.stack(per_task)
         # Absent: no graph, or loss exactly 0 (a present task at exactly 0 has a zero gradient anyway).
-        with_graph = torch.tensor([l.requires_grad for l in per_task], device=losses.device)
+        with_graph = torch.tensor([loss.requires_grad for loss in per_task], device=losses.device)
         present = with_graph & (losses.detach() != 0)
         if not present.any():  # no task has a label in this batch: nothing to learn from
             return torch.zeros_like(losses.detach())
         shared, heads = _trainable(shared_params), [_trainable(ps) for ps in task_params]
         return self._backward(losses, per_task, present, shared, features, heads).detach()
 
-    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
-                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def _backward(
+        self,
+        losses: Tensor,
+        per_task: list[Tensor],
+        present: Tensor,
+        shared_params: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: list[list[Tensor]],
+    ) -> Tensor:
         """`losses` stacked [T]; `per_task` the same losses one by one (their graphs kept apart
         when the caller gave a sequence); `present` [T] bool, the tasks with labels in the batch.
         Absent tasks' parameters must get no gradient, as with autograd."""
@@ -88,7 +97,7 @@ def connected(per_task: list[Tensor], present: Tensor, anchor: Tensor) -> list[T
     """`per_task` with each absent task's loss replaced by a 0 that depends only on `anchor`:
     torchjd differentiates every loss (an absent one may have no graph), a zero row is what an
     absent task contributes, and this keeps its backward pass out of the other tasks' graphs."""
-    return [l if p else anchor.sum() * 0 for l, p in zip(per_task, present.tolist())]
+    return [loss if p else anchor.sum() * 0 for loss, p in zip(per_task, present.tolist())]
 
 
 def rows_at_once(device: torch.device) -> int | None:

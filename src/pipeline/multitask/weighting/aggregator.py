@@ -58,8 +58,7 @@ class TorchJD(Weighting):
     needs_shared_grads = True
     uses_shared_grads_to = "aggregates per-task gradients"
 
-    def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", jacobian: str = "params",
-                 **knobs: Any) -> None:
+    def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", jacobian: str = "params", **knobs: Any) -> None:
         from torchjd.aggregation import GramianWeightedAggregator
 
         self.name = str(aggregator)
@@ -89,11 +88,20 @@ class TorchJD(Weighting):
                 raise
             raise PipelineError(f"weighting '{self.name}': bad value for {', '.join(f'{k}={knobs[k]!r}' for k in named)}: {e}") from e
         if jacobian == "features" and not isinstance(self.aggregator, GramianWeightedAggregator):
-            raise PipelineError(f"weighting '{self.name}': jacobian=features needs weights computed from the Gramian alone, "
-                                f"and {type(self.aggregator).__name__} computes them from the Jacobian; use jacobian=params")
+            raise PipelineError(
+                f"weighting '{self.name}': jacobian=features needs weights computed from the Gramian alone, "
+                f"and {type(self.aggregator).__name__} computes them from the Jacobian; use jacobian=params"
+            )
 
-    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
-                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def _backward(
+        self,
+        losses: Tensor,
+        per_task: list[Tensor],
+        present: Tensor,
+        shared_params: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: list[list[Tensor]],
+    ) -> Tensor:
         if not shared_params:
             raise PipelineError(f"weighting '{self.name}' needs shared parameters; the scheme has none")
         chunk = self.parallel_chunk_size
@@ -114,8 +122,16 @@ class TorchJD(Weighting):
                 return torch.full_like(losses, float("nan"))
         return losses.new_zeros(losses.shape).index_copy(0, index, weights.to(losses))
 
-    def _backward_params(self, losses: Tensor, kept: list[Tensor], present: Tensor, features: list[Tensor] | None,
-                         heads: list[list[Tensor]], shared_params: list[Tensor], chunk: int | None) -> Tensor | None:
+    def _backward_params(
+        self,
+        losses: Tensor,
+        kept: list[Tensor],
+        present: Tensor,
+        features: list[Tensor] | None,
+        heads: list[list[Tensor]],
+        shared_params: list[Tensor],
+        chunk: int | None,
+    ) -> Tensor | None:
         """The Jacobian of the kept losses `kept` (`present[i]`: loss i's task has labels) on the shared
         parameters, aggregated into their `.grad`; heads[i]: loss i's own parameters. Returns w, or
         None for an aggregator without a weighting."""
@@ -126,8 +142,7 @@ class TorchJD(Weighting):
         # retain_graph: the losses may share graph nodes after the features (a stack, a joint
         # head), so one task's pass must not free what the next one needs.
         if features:
-            mtl_backward(kept, features=features, tasks_params=heads, shared_params=shared_params, retain_graph=True,
-                         parallel_chunk_size=chunk)
+            mtl_backward(kept, features=features, tasks_params=heads, shared_params=shared_params, retain_graph=True, parallel_chunk_size=chunk)
         else:
             backward(kept, inputs=shared_params, retain_graph=True, parallel_chunk_size=chunk)
             if any(heads):  # each head only sees its own task, so the sum's gradient is that task's
@@ -137,15 +152,14 @@ class TorchJD(Weighting):
         gramian_only = isinstance(self.aggregator, GramianWeightedAggregator)
         return jac_to_grad(shared_params, self.aggregator, optimize_gramian_computation=gramian_only)
 
-    def _backward_features(self, per_task: list[Tensor], features: list[Tensor], heads: list[list[Tensor]],
-                           shared_params: list[Tensor]) -> Tensor:
+    def _backward_features(self, per_task: list[Tensor], features: list[Tensor], heads: list[list[Tensor]], shared_params: list[Tensor]) -> Tensor:
         """Weights of the present tasks' losses `per_task` (heads[i]: loss i's own parameters)."""
         # Plain autograd: torchjd's autojac has no entry point that stops the Jacobian at the features
         # and then back-propagates one weighted row through the trunk.
         rows = []
         for loss, params in zip(per_task, heads):
             grads = torch.autograd.grad(loss, [*features, *params], retain_graph=True, allow_unused=True)
-            on_features, on_params = grads[:len(features)], grads[len(features):]
+            on_features, on_params = grads[: len(features)], grads[len(features) :]
             rows.append(torch.cat([(torch.zeros_like(f) if g is None else g).flatten() for f, g in zip(features, on_features)]))
             for p, g in zip(params, on_params):
                 if g is not None:  # a head parameter its loss does not reach gets no .grad, as with autograd
@@ -161,9 +175,11 @@ def _aggregator_class(name: str) -> type:
     import torchjd.aggregation as agg
 
     key = name.replace("_", "").replace("-", "").lower()
-    classes = {n.lower(): getattr(agg, n) for n in agg.__all__
-               if isinstance(getattr(agg, n), type) and issubclass(getattr(agg, n), agg.Aggregator)
-               and not inspect.isabstract(getattr(agg, n))}
+    classes = {
+        n.lower(): getattr(agg, n)
+        for n in agg.__all__
+        if isinstance(getattr(agg, n), type) and issubclass(getattr(agg, n), agg.Aggregator) and not inspect.isabstract(getattr(agg, n))
+    }
     classes = {k: c for k, c in classes.items() if c not in (agg.WeightedAggregator, agg.GramianWeightedAggregator)}
     if key not in classes:
         raise PipelineError(f"weighting aggregator '{name}' is not in torchjd.aggregation; choose one of {sorted(classes)}")

@@ -45,6 +45,13 @@ class DWA(Weighting):
             ratio = torch.where(ok, newer / older, torch.ones_like(newer))
             self.weights.copy_(self.n_tasks * torch.softmax(ratio / self.temperature, dim=0))
 
-    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
-                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def _backward(
+        self,
+        losses: Tensor,
+        per_task: list[Tensor],
+        present: Tensor,
+        shared_params: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: list[list[Tensor]],
+    ) -> Tensor:
         return weighted_sum_backward(losses, self.weights)

@@ -15,6 +15,13 @@ from pipeline.multitask.weighting import Weighting, weighted_sum_backward
 class Equal(Weighting):
     name = "equal"
 
-    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
-                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def _backward(
+        self,
+        losses: Tensor,
+        per_task: list[Tensor],
+        present: Tensor,
+        shared_params: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: list[list[Tensor]],
+    ) -> Tensor:
         return weighted_sum_backward(losses, torch.ones_like(losses))

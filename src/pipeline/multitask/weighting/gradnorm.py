@@ -46,8 +46,15 @@ class GradNorm(Weighting):
         self.register_buffer("initial_losses", torch.full((self.n_tasks,), float("nan")))
         self._optimizer: torch.optim.Optimizer | None = None
 
-    def _backward(self, losses: Tensor, per_task: list[Tensor], present: Tensor, shared_params: list[Tensor],
-                  features: list[Tensor] | None, task_params: list[list[Tensor]]) -> Tensor:
+    def _backward(
+        self,
+        losses: Tensor,
+        per_task: list[Tensor],
+        present: Tensor,
+        shared_params: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: list[list[Tensor]],
+    ) -> Tensor:
         if not shared_params:
             raise PipelineError("weighting 'gradnorm' needs shared parameters; the scheme has none")
         layer = shared_params if self.layer == "all" else [_last_layer(shared_params)]
