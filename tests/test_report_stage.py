@@ -48,7 +48,15 @@ def _fake_transfer_chain(cfg, root, linear=LINEAR) -> None:
         for seed in (0, 1):
             write_json(
                 exp / "finetune" / "logistic" / f"k{k}_seed{seed}.json",
-                {"config_digest": d, "strategy": "logistic", "classic": True, "budget": k, "seed": seed, "run_id": f"lin-{k}-{seed}", "test": linear[k]},
+                {
+                    "config_digest": d,
+                    "strategy": "logistic",
+                    "classic": True,
+                    "budget": k,
+                    "seed": seed,
+                    "run_id": f"lin-{k}-{seed}",
+                    "test": linear[k],
+                },
             )
 
 
@@ -102,6 +110,23 @@ def test_transfer_report_has_sanity_rows_and_says_when_a_linear_model_beats_ever
     lin.write_text(lin.read_text().replace('"config_digest": "', '"config_digest": "old'))
     with pytest.raises(PipelineError, match=r"logistic/k1_seed0\.json"):
         report.run(cfg)
+
+
+def test_transfer_report_warns_of_an_under_trained_source(make_cfg, tmp_path):
+    """Item 8: the pretrain summary says the best epoch was the cap; the report says to raise it."""
+    from pipeline.stages import report
+
+    cfg = make_cfg()
+    _fake_transfer_chain(cfg, tmp_path)
+    summary = tmp_path / "artifacts" / "mnist_to_digits" / "source" / "summary.json"
+    report.run(cfg)
+    assert "Under-trained source" not in (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    write_json(summary, json.loads(summary.read_text()) | {"best_epoch": 39, "max_epochs": 40, "best_epoch_at_cap": True})
+    report.run(cfg)
+    assert (
+        "- ⚠ Under-trained source: the source model's best epoch (39) was the last allowed (max_epochs=40): raise pretrain.max_epochs."
+        in (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    )
 
 
 def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):

@@ -57,7 +57,13 @@ def _predict(ts: TaskSet, noise: float, rng) -> list[torch.Tensor]:
 def _record(method: str, seed: int, ts: TaskSet, outputs) -> dict:
     metrics = per_task_metrics(ts.tasks, outputs, torch.as_tensor(ts.y[ts.splits["test"]]))
     scheme, weighting = method.split("+")
-    return {"scheme": scheme, "weighting": weighting, "seed": seed, "run_id": f"{method}-{seed}", "test": {f"test/{k}": v for k, v in metrics.items()}}
+    return {
+        "scheme": scheme,
+        "weighting": weighting,
+        "seed": seed,
+        "run_id": f"{method}-{seed}",
+        "test": {f"test/{k}": v for k, v in metrics.items()},
+    }
 
 
 def _rmse_all_rows(ts: TaskSet, outputs) -> float:

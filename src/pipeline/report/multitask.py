@@ -218,7 +218,9 @@ def verdict_basis(rows: Mapping[str, int], used: Sequence[str]) -> tuple[str, st
     if not sizes:
         return "delta_m", "no task in Δm"
     small, large = min(sizes), max(sizes)
-    span = f"the {len(sizes)} tasks in Δm have " + (f"{small} labelled test rows each" if small == large else f"{small} to {large} labelled test rows")
+    span = f"the {len(sizes)} tasks in Δm have " + (
+        f"{small} labelled test rows each" if small == large else f"{small} to {large} labelled test rows"
+    )
     rule = (
         f"rule: Δm over test rows when any task in Δm has fewer than {MIN_TEST_ROWS} test rows or the largest more than"
         f" {MAX_SIZE_RATIO:g}× the smallest, else the per-task mean"

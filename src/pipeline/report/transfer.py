@@ -21,7 +21,6 @@ from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
 from pipeline.report import baseline_first, fmt, listing, spread
 
-
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
 ZERO_SHOT = "source_no_labels"
 

@@ -79,7 +79,9 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
             index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
             start = time.perf_counter()
             pred, alpha = linear_on_budget(tgt.x, y, task, index)
-            test = {f"test/{m}": v for m, v in per_task_metrics([task], [torch.as_tensor(pred)], torch.as_tensor(y[index["test"], None]), False).items()}
+            test = {
+                f"test/{m}": v for m, v in per_task_metrics([task], [torch.as_tensor(pred)], torch.as_tensor(y[index["test"], None]), False).items()
+            }
             seconds = time.perf_counter() - start
             with tracker.run(
                 "finetune", variant=name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags={"strategy": name, "classic": "true"}
