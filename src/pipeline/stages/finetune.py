@@ -4,6 +4,11 @@ One MLflow run per strategy x label budget x seed, all in this one process (star
 `strategy`, `budget` and `seed` select one value each (Hydra multirun sweeps them); null runs all.
 The seed fixes both the initialisation and which k labels per class are drawn, so at one seed every
 strategy sees the same labelled examples and their differences are paired.
+
+Next to the strategies, a linear sanity baseline (`ridge` for regression, `logistic` for classes;
+`multitask.baselines.linear_on_budget`) is fitted on the same k labelled rows per budget x seed, alpha
+chosen on the same validation labels: one MLflow run each (tag `classic`), its record next to the
+strategies' (`classic: true`). `strategy=<its name>` selects it alone; null fits it with the rest.
 """
 
 from __future__ import annotations
@@ -27,12 +32,86 @@ def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     }
 
 
+def selected(cfg: DictConfig, kind: str) -> tuple[list[str], str | None]:
+    """The transfer strategies the `strategy` selector picks, and the linear baseline's name if it is picked
+    too (null picks all of them and it)."""
+    from pipeline.multitask.baselines import linear_name
+
+    linear = linear_name(kind)
+    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), linear], "strategy")
+    return [s for s in chosen if s != linear], (linear if linear in chosen else None)
+
+
+def linear_params(cfg: DictConfig, kind: str) -> dict:
+    """What the linear baseline's runs are configured with (as run_params for a strategy)."""
+    from pipeline.multitask.baselines import ALPHAS, linear_name
+
+    return {"classic": linear_name(kind), "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
+
+
+def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
+    """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
+    seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic
+    few-shot protocol, kept for comparison)."""
+    from pipeline.data import label_budget
+
+    return {
+        "train": label_budget(y, splits["train"], kind, k, seed),
+        "val": label_budget(y, splits["val"], kind, k, seed) if val_labels == "budget" else splits["val"],
+        "test": splits["test"],
+    }
+
+
+def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> list[dict]:
+    """The linear sanity baseline at every budget x seed: one MLflow run and one result record each."""
+    import torch
+
+    from pipeline.multitask.baselines import linear_on_budget
+    from pipeline.tracking import digest
+    from pipeline.training import per_task_metrics
+
+    task, y = tgt.tasks[0], tgt.y[:, 0]
+    params = linear_params(cfg, task.kind)
+    name = params["classic"]
+    records = []
+    for k in budgets:
+        for seed in seeds:
+            index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
+            start = time.perf_counter()
+            pred, alpha = linear_on_budget(tgt.x, y, task, index)
+            test = {
+                f"test/{m}": v for m, v in per_task_metrics([task], [torch.as_tensor(pred)], torch.as_tensor(y[index["test"], None]), False).items()
+            }
+            seconds = time.perf_counter() - start
+            with tracker.run(
+                "finetune", variant=name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags={"strategy": name, "classic": "true"}
+            ) as run_id:
+                tracker.log_metrics(run_id, {**test, "fit/alpha": alpha, "fit/n_train": len(index["train"]), "fit/seconds": seconds})
+            records.append(
+                {
+                    "config_digest": digest({**params, "data_hash": tgt.data_hash}),
+                    "strategy": name,
+                    "classic": True,
+                    "budget": int(k),
+                    "seed": int(seed),
+                    "run_id": run_id,
+                    "test": test,
+                    "alpha": alpha,
+                    "seconds": round(seconds, 3),
+                    "n_train": int(len(index["train"])),
+                }
+            )
+            metric = f"test/{task.primary}"
+            print(f"finetune {exp_name} {name:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
+    return records
+
+
 def run(cfg: DictConfig) -> list[dict]:
     import numpy as np
     import torch
 
     from pipeline.config import settings
-    from pipeline.data import TaskSet, label_budget
+    from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.stages.pretrain import split_tensors
@@ -43,7 +122,6 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
-    strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     val_labels = tcfg.val_labels
@@ -58,6 +136,7 @@ def run(cfg: DictConfig) -> list[dict]:
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
+    strategies, linear = selected(cfg, task.kind)
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
     tracker = Tracker(name, cfg.tracking.uri)
     metric = task.primary
@@ -67,13 +146,7 @@ def run(cfg: DictConfig) -> list[dict]:
         strategy = instantiate(strategy_cfg, f"transfer strategy {strategy_name}")
         for k in budgets:
             for seed in seeds:
-                # Budget subsets nest across k at a fixed seed; validation labels follow the same budget
-                # unless `transfer.val_labels=all` (an optimistic few-shot protocol, kept for comparison).
-                index = {
-                    "train": label_budget(y, tgt.splits["train"], task.kind, k, seed),
-                    "val": label_budget(y, tgt.splits["val"], task.kind, k, seed) if val_labels == "budget" else tgt.splits["val"],
-                    "test": tgt.splits["test"],
-                }
+                index = budget_index(y, tgt.splits, task.kind, k, seed, val_labels)
                 torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
                 plan = strategy.build(ctx, tcfg.lr)
                 inputs = features if plan.inputs == "features" else tgt.x
@@ -119,6 +192,8 @@ def run(cfg: DictConfig) -> list[dict]:
                     f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
                     flush=True,
                 )
+    if linear:
+        results += fit_linear(cfg, name, tgt, budgets, seeds, tracker)
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)
