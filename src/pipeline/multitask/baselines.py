@@ -92,9 +92,8 @@ def _predict(model, task: TaskSpec, x: np.ndarray) -> np.ndarray:
     return proba
 
 
-def linear_name(kind: str) -> str:
-    """The name a transfer report and MLflow give the linear sanity baseline of a task kind."""
-    return "ridge" if kind == "regression" else "logistic"
+# The name a transfer report and MLflow give the linear sanity baseline (ridge or logistic regression).
+LINEAR = "linear"
 
 
 def linear_on_budget(x: np.ndarray, y: np.ndarray, task: TaskSpec, index: dict[str, np.ndarray], alphas: Sequence[float] = ALPHAS):

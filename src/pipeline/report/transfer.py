@@ -3,7 +3,7 @@ strategy (`transfer.baseline`), negative transfer flagged. Only the runs of the 
 are read: strategies x budgets x seeds from the config, each with the config digest it would have now.
 
 Two sanity rows sit beside the network strategies: the linear baseline fitted by the finetune stage
-on the same k target rows (`ridge` / `logistic`), and, where the source model predicts the target's
+on the same k target rows (`linear`: ridge or logistic regression), and, where the source model predicts the target's
 own labels, that model with no target labels (`source_no_labels`, one value repeated across budgets
 and seeds, from the extract stage). Findings say when either beats every network strategy."""
 
@@ -19,26 +19,27 @@ from omegaconf import DictConfig
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
+from pipeline.multitask.baselines import LINEAR
 from pipeline.report import baseline_first, fmt, listing, spread
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
 ZERO_SHOT = "source_no_labels"
 
 
-def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_id: str, kind: str) -> dict[tuple[str, int, int], str]:
+def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_id: str) -> dict[tuple[str, int, int], str]:
     """(strategy, budget, seed) -> the config digest its result record carries when it is current
-    (as `stages.finetune` computes it), the linear baseline of the task `kind` included; the selectors
+    (as `stages.finetune` computes it), the linear baseline included; the selectors
     `strategy`, `budget`, `seed` narrow the set."""
     from pipeline.stages import pick
     from pipeline.stages.finetune import linear_params, run_params, selected
     from pipeline.tracking import digest
 
-    strategies, linear = selected(cfg, kind)
+    strategies, linear = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     digests = {s: digest({**run_params(cfg, s), "data_hash": data_hash, "source_run_id": source_run_id}) for s in strategies}
     if linear:
-        digests[linear] = digest({**linear_params(cfg, kind), "data_hash": data_hash})
+        digests[LINEAR] = digest({**linear_params(cfg), "data_hash": data_hash})
     return {(s, int(b), int(seed)): d for s, d in digests.items() for b in budgets for seed in seeds}
 
 
@@ -155,13 +156,11 @@ def load(cfg: DictConfig) -> TransferReport:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     meta = read_json(paths.data / "target" / "meta.json", "prepared target task set")
     task, data_hash = TaskSpec(**meta["tasks"][0]), meta["provenance"]["content_hash"]
-    df, stale = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"], task.kind))
+    df, stale = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"]))
     if baseline not in set(df.strategy):
         raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
-    from pipeline.multitask.baselines import linear_name
-
     df = with_zero_shot(df, task, knowledge)
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (linear_name(task.kind), ZERO_SHOT))
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (LINEAR, ZERO_SHOT))
 
 
 def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:

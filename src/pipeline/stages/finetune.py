@@ -5,7 +5,7 @@ One MLflow run per strategy x label budget x seed, all in this one process (star
 The seed fixes both the initialisation and which k labels per class are drawn, so at one seed every
 strategy sees the same labelled examples and their differences are paired.
 
-Next to the strategies, a linear sanity baseline (`ridge` for regression, `logistic` for classes;
+Next to the strategies, a linear sanity baseline (`linear`: ridge for regression, logistic regression for classes;
 `multitask.baselines.linear_on_budget`) is fitted on the same k labelled rows per budget x seed, alpha
 chosen on the same validation labels: one MLflow run each (tag `classic`), its record next to the
 strategies' (`classic: true`). `strategy=<its name>` selects it alone; null fits it with the rest.
@@ -32,21 +32,20 @@ def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     }
 
 
-def selected(cfg: DictConfig, kind: str) -> tuple[list[str], str | None]:
-    """The transfer strategies the `strategy` selector picks, and the linear baseline's name if it is picked
-    too (null picks all of them and it)."""
-    from pipeline.multitask.baselines import linear_name
+def selected(cfg: DictConfig) -> tuple[list[str], bool]:
+    """The transfer strategies the `strategy` selector picks, and whether it picks the linear baseline
+    (`linear`) too (null picks all of them and it)."""
+    from pipeline.multitask.baselines import LINEAR
 
-    linear = linear_name(kind)
-    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), linear], "strategy")
-    return [s for s in chosen if s != linear], (linear if linear in chosen else None)
+    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), LINEAR], "strategy")
+    return [s for s in chosen if s != LINEAR], LINEAR in chosen
 
 
-def linear_params(cfg: DictConfig, kind: str) -> dict:
+def linear_params(cfg: DictConfig) -> dict:
     """What the linear baseline's runs are configured with (as run_params for a strategy)."""
-    from pipeline.multitask.baselines import ALPHAS, linear_name
+    from pipeline.multitask.baselines import ALPHAS, LINEAR
 
-    return {"classic": linear_name(kind), "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
+    return {"classic": LINEAR, "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
 
 
 def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
@@ -71,7 +70,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
     from pipeline.training import per_task_metrics
 
     task, y = tgt.tasks[0], tgt.y[:, 0]
-    params = linear_params(cfg, task.kind)
+    params = linear_params(cfg)
     name = params["classic"]
     records = []
     for k in budgets:
@@ -122,6 +121,7 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
+    strategies, linear = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     val_labels = tcfg.val_labels
@@ -136,7 +136,6 @@ def run(cfg: DictConfig) -> list[dict]:
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
-    strategies, linear = selected(cfg, task.kind)
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
     tracker = Tracker(name, cfg.tracking.uri)
     metric = task.primary
