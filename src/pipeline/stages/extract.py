@@ -37,10 +37,15 @@ def zero_shot(source, target, outputs, y, test) -> dict[str, float]:
 
 
 def run(cfg: DictConfig) -> dict:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    (trainer_cfg,) = settings(cfg, "trainer")
+    name, _ = experiment(cfg, "transfer")
+
     import numpy as np
     import torch
 
-    from pipeline.config import settings
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.knowledge import leep
@@ -48,8 +53,6 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.tracking import Tracker
     from pipeline.training import TaskModule, TensorLoader, trainer
 
-    (trainer_cfg,) = settings(cfg, "trainer")
-    name, _ = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
     ckpt = load_checkpoint(paths.source / "model.pt")

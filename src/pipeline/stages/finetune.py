@@ -17,7 +17,7 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline.errors import instantiate
+from pipeline.errors import PipelineError, instantiate
 from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
 
 
@@ -106,10 +106,21 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
 
 
 def run(cfg: DictConfig) -> list[dict]:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
+    name, exp = experiment(cfg, "transfer")
+    strategies, linear = selected(cfg)
+    budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
+    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    val_labels = tcfg.val_labels
+    if val_labels not in ("budget", "all"):
+        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {val_labels!r}")
+
     import numpy as np
     import torch
 
-    from pipeline.config import settings
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
@@ -118,18 +129,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.training import TaskModule, fit
     from pipeline.transfer import TransferContext
 
-    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
-    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
-    strategies, linear = selected(cfg)
-    budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
-    val_labels = tcfg.val_labels
-    if val_labels not in ("budget", "all"):
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {val_labels!r}")
-
     tgt = TaskSet.load(paths.data / "target")
     ckpt = load_checkpoint(paths.source / "model.pt")
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
@@ -151,15 +151,10 @@ def run(cfg: DictConfig) -> list[dict]:
                 inputs = features if plan.inputs == "features" else tgt.x
                 params = run_params(cfg, strategy_name)
                 uses_source = bool(plan.copied) or plan.inputs == "features"
+                tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
+                lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}
                 with tracker.run(
-                    "finetune",
-                    variant=strategy_name,
-                    seed=seed,
-                    data_hash=tgt.data_hash,
-                    params=params,
-                    budget=k,
-                    source_run_id=ckpt["run_id"] if uses_source else None,
-                    tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})},
+                    "finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags=tags, **lineage
                 ) as run_id:
                     start = time.perf_counter()
                     module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer, "optimizer"), plan.extra_loss)

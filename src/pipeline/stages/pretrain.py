@@ -29,17 +29,20 @@ def best_epoch_at_cap(best_epoch: int, max_epochs: int, val_every: int = 1) -> b
 
 
 def run(cfg: DictConfig) -> dict:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
+    name, exp = experiment(cfg, "transfer")
+
     import torch
 
-    from pipeline.config import settings
     from pipeline.data import TaskSet
     from pipeline.io import atomic_dir, write_json
     from pipeline.models import architecture, build, save_checkpoint
     from pipeline.tracking import Tracker
     from pipeline.training import TaskModule, fit
 
-    trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
-    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     src = TaskSet.load(paths.data / "source")
     task = src.tasks[0]
