@@ -509,12 +509,15 @@ def histories_caption(t: MultitaskReport) -> str:
 
 def conflict_finding(t: MultitaskReport, best: str | None) -> str:
     """Gradient conflict, measured on one run with cosines at the figure's seed: the baseline's weighting on
-    the best joint method's scheme if that was run, else the best method itself, else the first with cosines."""
+    the best joint method's scheme if that was run, else the best method itself, else the first scheme run
+    with the baseline's weighting (the conflict aggregators face, not one they already changed), else the
+    first with cosines."""
     seed, _, cosines = histories(t.records)
     if not cosines:
         return "- Gradient conflict: not measured — no run in these results logged gradient cosines (no method shares parameters)."
     plain_weighting = t.baseline.split("+", 1)[1] if "+" in t.baseline else None
     preferred = [f"{best.split('+', 1)[0]}+{plain_weighting}", best] if best else []
+    preferred += [m for m in cosines if m.split("+", 1)[-1] == plain_weighting]
     method = next((m for m in preferred if m in cosines), next(iter(cosines)))
     cos = [h for h in cosines[method] if "grad/cos_mean" in h]
     mean = sum(h["grad/cos_mean"] for h in cos) / len(cos)
