@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sklearn.datasets import load_breast_cancer
 
-out = Path(__file__).resolve().parents[1] / "data" / "tables"
+out = Path(__file__).resolve().parents[1] / "data" / "my_tables"  # the experiment's own folder (data/README.md)
 out.mkdir(parents=True, exist_ok=True)
 df = load_breast_cancer(as_frame=True).frame.rename(columns={"target": "label"})
 df["label"] = df["label"].map({0: "malignant", 1: "benign"})

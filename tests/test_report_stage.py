@@ -13,9 +13,12 @@ from pipeline.io import write_json
 STRATEGIES = ["scratch", "feature_retrain", "param_transfer", "structure_transfer"]
 
 
-def _fake_transfer_chain(cfg, root) -> None:
+LINEAR = {1: {"test/acc": 0.2, "test/f1": 0.2}, 3: {"test/acc": 0.7, "test/f1": 0.6}}  # beats every network at k=3 only
+
+
+def _fake_transfer_chain(cfg, root, linear=LINEAR) -> None:
     """What prepare, pretrain, extract and finetune leave for mnist_to_digits (budgets [1, 3], seeds [0, 1])."""
-    from pipeline.stages.finetune import run_params
+    from pipeline.stages.finetune import linear_params, run_params
     from pipeline.tracking import digest
 
     exp = root / "artifacts" / "mnist_to_digits"
@@ -40,6 +43,21 @@ def _fake_transfer_chain(cfg, root) -> None:
                         "test": {"test/acc": 0.3 + 0.1 * k + 0.02 * i + 0.01 * seed, "test/f1": 0.5, "test/loss": 1.0},
                     },
                 )
+    d = digest({**linear_params(cfg), "data_hash": "hash-t"})
+    for k in (1, 3):
+        for seed in (0, 1):
+            write_json(
+                exp / "finetune" / "linear" / f"k{k}_seed{seed}.json",
+                {
+                    "config_digest": d,
+                    "strategy": "linear",
+                    "classic": True,
+                    "budget": k,
+                    "seed": seed,
+                    "run_id": f"lin-{k}-{seed}",
+                    "test": linear[k],
+                },
+            )
 
 
 def _files(path) -> list[str]:
@@ -61,14 +79,54 @@ def test_transfer_report_reads_only_current_runs_and_says_which_it_ignored(make_
         {"config_digest": "x", "strategy": "old_strategy", "budget": 1, "seed": 0, "run_id": "o", "test": {"test/acc": 0.99}},
     )
     metrics = report.run(cfg)
-    assert set(metrics) == set(STRATEGIES)
+    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"}
     assert metrics["scratch"] == {"k1": pytest.approx(0.405), "k3": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
-    assert "16 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
+    assert "20 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
     assert "`old_strategy/k1_seed0.json`" in md and "`scratch/k1_seed5.json`" in md
     assert "Gain over `scratch`" in md and "target labels per class" not in md  # the unit is in the text, the axis is in the figure
     plot = (tmp_path / "reports" / "plots" / "mnist_to_digits.csv").read_text().splitlines()
-    assert plot[0] == "labels_per_class," + ",".join(STRATEGIES) and len(plot) == 3  # the format dvc.yaml reads
+    assert plot[0] == "labels_per_class," + ",".join([*STRATEGIES, "linear", "source_no_labels"]) and len(plot) == 3  # as dvc.yaml reads it
+
+
+def test_transfer_report_has_sanity_rows_and_says_when_a_linear_model_beats_every_network(make_cfg, tmp_path):
+    """Item 10: the linear model on the k target rows and the zero-label source model are rows of the
+    table (not of the gains), and Findings say where the linear model beats every network strategy."""
+    from pipeline.stages import report
+
+    cfg = make_cfg()
+    _fake_transfer_chain(cfg, tmp_path)
+    report.run(cfg)
+    md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    assert "| linear | 0.200 ± 0.000 | 0.700 ± 0.000 |" in md and "| source_no_labels | 0.300 ± 0.000 | 0.300 ± 0.000 |" in md
+    gains = md.split("## Gain over")[1].split("## Findings")[0]
+    assert "| linear |" not in gains and "| source_no_labels |" not in gains
+    findings = md.split("## Findings")[1].split("##")[0]
+    assert "- k=3: `linear` (a linear model on the same k rows, 0.700 ± 0.000) beats every network strategy" in findings
+    assert "k=1: `linear`" not in findings and "`source_no_labels` (" not in findings
+    assert "scores acc 0.300 on the target test split (row `source_no_labels`)" in md
+    # The linear runs belong to the configuration: a stale one is named like a stale strategy run.
+    lin = tmp_path / "artifacts" / "mnist_to_digits" / "finetune" / "linear" / "k1_seed0.json"
+    lin.write_text(lin.read_text().replace('"config_digest": "', '"config_digest": "old'))
+    with pytest.raises(PipelineError, match=r"linear/k1_seed0\.json"):
+        report.run(cfg)
+
+
+def test_transfer_report_warns_of_an_under_trained_source(make_cfg, tmp_path):
+    """Item 8: the pretrain summary says the best epoch was the cap; the report says to raise it."""
+    from pipeline.stages import report
+
+    cfg = make_cfg()
+    _fake_transfer_chain(cfg, tmp_path)
+    summary = tmp_path / "artifacts" / "mnist_to_digits" / "source" / "summary.json"
+    report.run(cfg)
+    assert "Under-trained source" not in (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    write_json(summary, json.loads(summary.read_text()) | {"best_epoch": 39, "max_epochs": 40, "best_epoch_at_cap": True})
+    report.run(cfg)
+    assert (
+        "- ⚠ Under-trained source: the source model's best epoch (39) was the last allowed (max_epochs=40): raise pretrain.max_epochs."
+        in (tmp_path / "reports" / "mnist_to_digits.md").read_text()
+    )
 
 
 def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
@@ -82,8 +140,10 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
     assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 ± 0.000 (0/2) ⚠ negative transfer |" in md
     assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
         "feature_retrain",
+        "linear",
         "param_transfer",
         "scratch",
+        "source_no_labels",
         "structure_transfer",
     ]  # sorted keys, as before
     with pytest.raises(PipelineError, match=r"transfer\.baseline='nope'"):

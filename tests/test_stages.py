@@ -61,10 +61,15 @@ def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipelin
     _, runs = mlflow_runs(cfg, "mnist_to_digits")
     ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
     assert {(r.data.tags["strategy"], r.data.tags["budget"], r.data.tags["seed"]) for r in ft} == {
-        (s, str(k), str(seed)) for s in STRATEGIES for k in (1, 3) for seed in (0, 1)
+        (s, str(k), str(seed)) for s in [*STRATEGIES, "linear"] for k in (1, 3) for seed in (0, 1)
     }
+    # The linear sanity baseline: one run per budget x seed, on the same k labels per class, no source.
+    linear = [r for r in ft if r.data.tags["strategy"] == "linear"]
+    assert all(r.data.tags["classic"] == "true" and "source_run_id" not in r.data.tags for r in linear)
+    assert all({"test/acc", "test/f1", "fit/alpha"} <= set(r.data.metrics) for r in linear)
+    assert {r.data.tags["budget"]: r.data.metrics["fit/n_train"] for r in linear} == {"1": 10.0, "3": 30.0}
     source_id = pipeline_run["pretrain"]["run_id"]
-    for r in ft:
+    for r in (r for r in ft if r not in linear):
         assert all(r.data.tags.get(t) for t in REQUIRED_TAGS), r.data.tags
         assert r.info.run_name == f"finetune/{r.data.tags['strategy']}/k{r.data.tags['budget']}/seed{r.data.tags['seed']}"
         assert {"test/acc", "test/f1", "val/acc", "train/loss"} <= set(r.data.metrics)
@@ -72,7 +77,7 @@ def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipelin
         assert r.info.status == "FINISHED"
         # Lineage: every strategy that used the source points at its pretrain run; the baseline does not.
         assert r.data.tags.get("source_run_id") == (None if r.data.tags["strategy"] == "scratch" else source_id)
-    n_train = {(r.data.tags["budget"]): r.data.metrics["fit/n_train"] for r in ft}
+    n_train = {(r.data.tags["budget"]): r.data.metrics["fit/n_train"] for r in ft if r not in linear}
     assert n_train == {"1": 10.0, "3": 30.0}
 
 
@@ -85,7 +90,7 @@ def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
     png = tmp / "reports" / "figures" / "mnist_to_digits_label_efficiency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((tmp / "reports" / "metrics" / "mnist_to_digits.json").read_text())
-    assert set(metrics) == STRATEGIES and set(metrics["scratch"]) == {"k1", "k3"}
+    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"} and set(metrics["scratch"]) == {"k1", "k3"}
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
     rep = [r for r in runs if r.data.tags["stage"] == "report"]
     assert len(rep) == 1
@@ -112,6 +117,20 @@ def test_finetune_is_reproducible_for_a_seed(make_cfg, pipeline_run):
         os.chdir(old)
     assert again["run_id"] != first["run_id"]
     assert again["test"] == pytest.approx(first["test"], abs=1e-6)
+
+
+def test_pretrain_says_when_the_best_epoch_is_the_last_allowed(pipeline_run, make_cfg, tmp_path, capsys):
+    """Item 8: a source model still improving at its epoch cap gets a warning and a line in the report."""
+    import shutil
+
+    from pipeline.stages import pretrain
+    from pipeline.stages.pretrain import best_epoch_at_cap
+
+    assert best_epoch_at_cap(39, 40) and not best_epoch_at_cap(38, 40) and best_epoch_at_cap(35, 40, val_every=5)
+    shutil.copytree(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "data", tmp_path / "artifacts" / "mnist_to_digits" / "data")
+    summary = pretrain.run(make_cfg("pretrain.max_epochs=1"))
+    assert summary["best_epoch"] == 0 and summary["best_epoch_at_cap"] is True
+    assert "the source model's best epoch (0) was the last allowed (pretrain.max_epochs=1)" in capsys.readouterr().err
 
 
 def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
@@ -145,12 +164,72 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     assert set(metrics["scratch"]) == {"k10", "k40"} and metrics["scratch"]["k10"] > 0  # RMSE in the target unit
     md = (tmp_path / "reports" / "diabetes.md").read_text()
     assert "Test rmse" in md and "Test r2" in md and "labelled rows" in md
+    # Source and target share the target column: the source model's zero-label RMSE (target units) and R².
+    knowledge = json.loads((tmp_path / "artifacts" / "diabetes" / "knowledge" / "summary.json").read_text())
+    assert knowledge["zero_shot_rmse"] > 0 and -10 < knowledge["zero_shot_r2"] < 1
+    assert f"scores rmse {knowledge['zero_shot_rmse']:.3f}, r2 {knowledge['zero_shot_r2']:.3f} on the target test split" in md
+    assert metrics["source_no_labels"] == {"k10": pytest.approx(knowledge["zero_shot_rmse"], abs=1e-4)} | {
+        "k40": pytest.approx(knowledge["zero_shot_rmse"], abs=1e-4)
+    }
+    assert set(metrics["linear"]) == {"k10", "k40"} and "| linear |" in md
     from support import mlflow_runs
 
     _, runs = mlflow_runs(cfg, "diabetes")
     ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
-    assert len(ft) == 8 and all({"test/rmse", "test/r2", "val/rmse"} <= set(r.data.metrics) for r in ft)
+    assert len(ft) == 10 and all({"test/rmse", "test/r2"} <= set(r.data.metrics) for r in ft)
+    assert sum(r.data.tags["strategy"] == "linear" for r in ft) == 2
+    ext = [r for r in runs if r.data.tags["stage"] == "extract"]
+    assert ext[0].data.metrics["knowledge/zero_shot_rmse"] == pytest.approx(knowledge["zero_shot_rmse"])
     # RMSE is in the target's unit (disease progression, std ~77): a model that learnt something
     # beats predicting the mean, i.e. RMSE below the std and R² above 0.
     assert min(r.data.metrics["test/rmse"] for r in ft) < 70
     assert max(r.data.metrics["test/r2"] for r in ft) > 0.1
+
+
+def test_zero_label_source_model_is_near_the_best_when_the_relation_is_the_same(make_cfg, tmp_path):
+    """Items 6 and 10 on generated tables: source and target obey the same exact relation, so the source
+    model with no target labels must be close to the best fine-tuned model and far better than the mean."""
+    import pandas as pd
+
+    from pipeline.stages import extract, finetune, prepare, pretrain, report
+
+    rng = np.random.default_rng(0)
+
+    def table(n, shift=0.0, scale=1.0):
+        x = shift + scale * rng.normal(size=(n, 3))
+        return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": 2 * x[:, 0] - x[:, 1] + 0.5 * x[:, 2] + 0.1 * rng.normal(size=n)})
+
+    table(800).to_csv(tmp_path / "src.csv", index=False)
+    table(300, shift=0.3, scale=1.3).to_csv(tmp_path / "tgt.csv", index=False)  # the same relation, other feature scales
+    exp = "experiments.same"
+    cfg = make_cfg(
+        "+experiment@experiments.same=my_tables",
+        "exp=same",
+        f"{exp}.source.path={tmp_path / 'src.csv'}",
+        f"{exp}.target.path={tmp_path / 'tgt.csv'}",
+        f"{exp}.source.target=y",
+        f"{exp}.target.target=y",
+        f"{exp}.source.classes=null",
+        f"{exp}.target.classes=null",
+        f"{exp}.budgets=[10]",
+        "seeds=[0]",
+        "pretrain.max_epochs=60",
+        "pretrain.patience=10",
+        "transfer.max_epochs=5",
+        "transfer.min_steps_per_epoch=2",
+        "strategy=[scratch,param_transfer,linear]",
+    )
+    for stage in (prepare, pretrain, extract, finetune):
+        stage.run(cfg)
+    knowledge = json.loads((tmp_path / "artifacts" / "same" / "knowledge" / "summary.json").read_text())
+    assert knowledge["shared_label_space"] and knowledge["zero_shot_r2"] > 0.8  # y has SD ~2.3; the source model knows the relation
+    metrics = report.run(cfg)
+    # The relation is exactly linear: ridge on 10 rows nearly recovers it (noise SD 0.1), a network from scratch does not.
+    assert metrics["linear"]["k10"] < 0.3 and metrics["source_no_labels"]["k10"] < metrics["scratch"]["k10"]
+    md = (tmp_path / "reports" / "same.md").read_text()
+    assert "- k=10: `source_no_labels` (the source model with no target labels" in md
+    assert "- k=10: `linear` (a linear model on the same k rows" in md
+    # In the source's frame the identical relation stays identical: the source model with no target labels is
+    # near the best row (the linear fit on 10 rows), far ahead of scratch. Per-table standardisation gave ~4x the best.
+    best = min(v["k10"] for v in metrics.values())
+    assert metrics["source_no_labels"]["k10"] <= 1.5 * best and metrics["source_no_labels"]["k10"] < metrics["scratch"]["k10"] / 4

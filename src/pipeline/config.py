@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -81,17 +82,48 @@ EXPERIMENT_KEYS = {
 REQUIRED_EXPERIMENT_KEYS = {"transfer": {"source", "target", "split", "budgets"}, "multitask": {"data", "split"}}
 
 
-def check_experiment(node: DictConfig, where: str, kind: str) -> None:
-    """An experiment node's keys (a misspelt `weightings` would silently run the whole grid) and split."""
+# A key only the other kind has: the experiment file is declared in the wrong dict of conf/config.yaml.
+KIND_KEYS = {"transfer": {"source", "target", "budgets"}, "multitask": {"data", "schemes", "weightings", "weightings_on"}}
+# Where experiments are declared: transfer chains in `experiments`, joint training in `multitask_experiments`.
+EXPERIMENT_KINDS = {"transfer": "experiments", "multitask": "multitask_experiments"}
+
+
+def experiment_file(name: str, kind: str) -> str:
+    """The file an experiment node was composed from: Hydra's choice for `experiment@<dict>.<name>`
+    when this run composed conf/, else inferred from the name (params.yaml keeps no choices)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get(f"experiment@{EXPERIMENT_KINDS[kind]}.{name}") if HydraConfig.initialized() else None
+    return f"conf/experiment/{choice or name}.yaml"
+
+
+def check_experiment(node: DictConfig, name: str, kind: str) -> None:
+    """An experiment node's keys (a misspelt `weightings` would silently run the whole grid), its
+    kind (a multitask file declared among the transfer experiments, or the reverse) and its split.
+    Messages name the experiment's file, the key and the fix."""
+    where = f"{EXPERIMENT_KINDS[kind]}.{name}"
+    path = experiment_file(name, kind)
+    stem = Path(path).stem
     keys = {str(k) for k in node.keys()}
+    other = "multitask" if kind == "transfer" else "transfer"
+    if keys & KIND_KEYS[other] and not keys & KIND_KEYS[kind]:
+        key, declared = sorted(keys & KIND_KEYS[other])[0], EXPERIMENT_KINDS[kind]
+        raise PipelineError(
+            f"experiment {name} ({path}) is a {other} experiment (key `{key}`) declared under `{declared}`; "
+            f"declare it as `- experiment@{EXPERIMENT_KINDS[other]}.{name}: {stem}` in conf/config.yaml"
+        )
     unknown = sorted(keys - EXPERIMENT_KEYS[kind])
     if unknown:
         close = {k: difflib.get_close_matches(k, EXPERIMENT_KEYS[kind], n=1) for k in unknown}
         hints = "".join(f" ({where}.{k}: did you mean {c[0]}?)" for k, c in close.items() if c)
-        raise PipelineError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}{hints}; a {kind} experiment takes {sorted(EXPERIMENT_KEYS[kind])}")
+        takes = sorted(EXPERIMENT_KEYS[kind])
+        raise PipelineError(
+            f"experiment {name} ({path}): unknown key(s) {[f'{where}.{k}' for k in unknown]}{hints}; a {kind} experiment takes {takes}"
+        )
     absent = sorted(REQUIRED_EXPERIMENT_KEYS[kind] - keys)
     if absent:
-        raise PipelineError(f"{where} lacks {[f'{where}.{k}' for k in absent]}")
+        fix = " (e.g. `split: {val: 0.2, test: 0.2, seed: 0}`)" if "split" in absent else ""
+        raise PipelineError(f"experiment {name} ({path}) lacks {', '.join(f'`{k}:` ({where}.{k})' for k in absent)}; add it to {path}{fix}")
     _merge(SplitConfig, node.split, f"{where}.split")
 
 

@@ -163,13 +163,20 @@ def test_exam_min_pupils_drops_small_schools():
         exam_schools(min_pupils=500)
 
 
-def test_exam_prepared_targets_standardised_per_school():
+def test_exam_prepared_target_standardised_once_over_all_schools():
+    # normexam is one column: one offset/scale for every school, from all schools' train rows, so a
+    # school's mean keeps its distance from the others' (per-school statistics would set each to 0).
     ts = build_taskset(_cfg("exam_schools"), SPLIT, "multitask", "experiment exam")
     train = ts.splits["train"]
     raw = exam_schools()
+    pooled = raw.y[train][~np.isnan(raw.y[train])]
+    assert len({(t.offset, t.scale) for t in ts.tasks}) == 1
+    assert ts.tasks[0].offset == pytest.approx(pooled.mean(), abs=1e-5) and ts.tasks[0].scale == pytest.approx(pooled.std(), rel=1e-5)
+    all_train = ts.y[train][~np.isnan(ts.y[train])]
+    assert abs(all_train.mean()) < 1e-4 and abs(all_train.std() - 1) < 1e-4
+    means = [np.nanmean(ts.y[train, t]) for t in range(len(ts.tasks))]
+    assert max(np.abs(means)) > 0.3  # schools differ; per-school statistics would make every mean 0
     for t, task in enumerate(ts.tasks):
-        vals = ts.y[train, t][~np.isnan(ts.y[train, t])]
-        assert abs(vals.mean()) < 1e-4 and abs(vals.std() - 1) < 1e-4, task.name
         # offset/scale take the targets back to normexam
         lab = _labelled(raw.y[:, t])
         np.testing.assert_allclose(ts.y[lab, t] * task.scale + task.offset, raw.y[lab, t], atol=1e-5)

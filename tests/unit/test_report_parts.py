@@ -210,3 +210,16 @@ def test_outputs_failure_leaves_no_file_and_the_previous_outputs(tmp_path, monke
     assert (tmp_path / "x.md").read_text() == "new" and written["plots/x.csv"].read_text() == "a,b\n"
     assert (tmp_path / "figures" / "x.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "metrics", "plots", "x.md"]
+
+
+def test_conflict_is_measured_under_the_baselines_weighting_when_the_best_method_shares_nothing():
+    # As on STAR: the best joint method (soft) has no shared parameters, so no cosines; the conflict the
+    # aggregators face is the one under plain equal weights, not under whichever aggregator sorts first.
+    full = {"a": 0.5, "b": 0.5, "c": 1.0}
+    records = [_record(BASE, 0, full, history=_history(None))]
+    records += [_record("hard+aligned_mtl", 0, full, history=_history((0.2, 0.3, 0.5), cos=0.9))]
+    records += [_record("hard+equal", 0, full, history=_history(None, cos=0.2))]
+    records += [_record("soft+equal", 0, full | {"a": 0.7}, history=_history(None))]
+    text = _render(_report(records))
+    assert "Best joint neural method: `soft+equal`" in text
+    assert "Gradient conflict under `hard+equal` (seed 0)" in text and "averaged +0.100" in text

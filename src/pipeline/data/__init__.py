@@ -68,6 +68,10 @@ class Source:
     standardize: bool = False  # z-score features with train-split statistics
     groups: np.ndarray | None = None  # rows of one group (e.g. one pupil's years) go to one split
     rows: dict[str, np.ndarray] | None = None  # per-row construction record, for audits; not saved
+    # The label column each task's values come from (default: the task's own name). Regression tasks
+    # that share a column (a long-format table, one school per task) are standardised once, together,
+    # so a small task's mean keeps its distance from the others' in standardised units.
+    target_of_task: list[str] | None = None
 
 
 @dataclass

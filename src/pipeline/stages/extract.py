@@ -2,8 +2,9 @@
 
 Writes the source features and class probabilities of each target sample, and scores that say how
 far the domains are before any target training: LEEP on the target's train split and, where source
-and target share a label space, the source model's accuracy on the target test split with no target
-labels at all.
+and target share the task (the same class list, or a regression target of the same name), the source
+model's test metrics on the target test split with no target labels at all (`zero_shot_<metric>`:
+accuracy and F1, or RMSE in the target's units and R²).
 """
 
 from __future__ import annotations
@@ -13,11 +14,38 @@ from omegaconf import DictConfig
 from pipeline.stages import experiment, hydra_entry, layout
 
 
+def shares_task(source, target) -> bool:
+    """Whether the source model's outputs are predictions of the target's labels: the same class list,
+    or a regression target of the same name."""
+    if source.kind != target.kind:
+        return False
+    return source.classes == target.classes if source.kind == "classification" else source.name == target.name
+
+
+def zero_shot(source, target, outputs, y, test) -> dict[str, float]:
+    """The source model's test metrics on the target's test rows, no target labels used. Regression
+    outputs are in the source's standardised units: mapped into the target's (the identity when the
+    target was standardised with the source's statistics) before `task_metrics` reports RMSE in the target's units."""
+    import torch
+
+    from pipeline.training import task_metrics
+
+    out = torch.as_tensor(outputs[test], dtype=torch.float32)
+    if target.kind == "regression":
+        out = (out * source.scale + source.offset - target.offset) / target.scale
+    return {k: float(v) for k, v in task_metrics(target, out, torch.as_tensor(y[test], dtype=torch.float32)).items()}
+
+
 def run(cfg: DictConfig) -> dict:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    (trainer_cfg,) = settings(cfg, "trainer")
+    name, _ = experiment(cfg, "transfer")
+
     import numpy as np
     import torch
 
-    from pipeline.config import settings
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.knowledge import leep
@@ -25,8 +53,6 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.tracking import Tracker
     from pipeline.training import TaskModule, TensorLoader, trainer
 
-    (trainer_cfg,) = settings(cfg, "trainer")
-    name, _ = experiment(cfg, "transfer")
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
     ckpt = load_checkpoint(paths.source / "model.pt")
@@ -48,10 +74,9 @@ def run(cfg: DictConfig) -> dict:
     if src_task.kind == task.kind == "classification":
         tr = tgt.splits["train"]
         summary["leep"] = leep(probs[tr], y[tr].astype(int), task.n_outputs)
-        if src_task.classes == task.classes:
-            te = tgt.splits["test"]
-            summary["shared_label_space"] = True
-            summary["zero_shot_acc"] = float((probs[te].argmax(1) == y[te]).mean())
+    if shares_task(src_task, task):
+        summary["shared_label_space"] = True
+        summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}
     tracker = Tracker(name, cfg.tracking.uri)
     with tracker.run(
         "extract", variant="source", data_hash=tgt.data_hash, params={"feature_dim": feats.shape[1]}, source_run_id=ckpt["run_id"]
@@ -63,7 +88,7 @@ def run(cfg: DictConfig) -> dict:
             np.save(tmp / "probs.npy", probs.astype(np.float32))
             write_json(tmp / "summary.json", summary)
     scores = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
-    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features; {scores}")
+    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features; {scores or 'no score applies to these tasks'}")
     return summary
 
 

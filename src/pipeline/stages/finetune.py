@@ -4,6 +4,11 @@ One MLflow run per strategy x label budget x seed, all in this one process (star
 `strategy`, `budget` and `seed` select one value each (Hydra multirun sweeps them); null runs all.
 The seed fixes both the initialisation and which k labels per class are drawn, so at one seed every
 strategy sees the same labelled examples and their differences are paired.
+
+Next to the strategies, a linear sanity baseline (`linear`: ridge for regression, logistic regression for classes;
+`multitask.baselines.linear_on_budget`) is fitted on the same k labelled rows per budget x seed, alpha
+chosen on the same validation labels: one MLflow run each (tag `classic`), its record next to the
+strategies' (`classic: true`). `strategy=<its name>` selects it alone; null fits it with the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 
 from omegaconf import DictConfig
 
-from pipeline.errors import instantiate
+from pipeline.errors import PipelineError, instantiate
 from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
 
 
@@ -27,12 +32,96 @@ def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     }
 
 
+def selected(cfg: DictConfig) -> tuple[list[str], bool]:
+    """The transfer strategies the `strategy` selector picks, and whether it picks the linear baseline
+    (`linear`) too (null picks all of them and it)."""
+    from pipeline.multitask.baselines import LINEAR
+
+    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), LINEAR], "strategy")
+    return [s for s in chosen if s != LINEAR], LINEAR in chosen
+
+
+def linear_params(cfg: DictConfig) -> dict:
+    """What the linear baseline's runs are configured with (as run_params for a strategy)."""
+    from pipeline.multitask.baselines import ALPHAS, LINEAR
+
+    return {"classic": LINEAR, "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
+
+
+def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
+    """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
+    seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic
+    few-shot protocol, kept for comparison)."""
+    from pipeline.data import label_budget
+
+    return {
+        "train": label_budget(y, splits["train"], kind, k, seed),
+        "val": label_budget(y, splits["val"], kind, k, seed) if val_labels == "budget" else splits["val"],
+        "test": splits["test"],
+    }
+
+
+def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> list[dict]:
+    """The linear sanity baseline at every budget x seed: one MLflow run and one result record each."""
+    import torch
+
+    from pipeline.multitask.baselines import linear_on_budget
+    from pipeline.tracking import digest
+    from pipeline.training import per_task_metrics
+
+    task, y = tgt.tasks[0], tgt.y[:, 0]
+    params = linear_params(cfg)
+    name = params["classic"]
+    records = []
+    for k in budgets:
+        for seed in seeds:
+            index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
+            start = time.perf_counter()
+            pred, alpha = linear_on_budget(tgt.x, y, task, index)
+            test = {
+                f"test/{m}": v for m, v in per_task_metrics([task], [torch.as_tensor(pred)], torch.as_tensor(y[index["test"], None]), False).items()
+            }
+            seconds = time.perf_counter() - start
+            with tracker.run(
+                "finetune", variant=name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags={"strategy": name, "classic": "true"}
+            ) as run_id:
+                tracker.log_metrics(run_id, {**test, "fit/alpha": alpha, "fit/n_train": len(index["train"]), "fit/seconds": seconds})
+            records.append(
+                {
+                    "config_digest": digest({**params, "data_hash": tgt.data_hash}),
+                    "strategy": name,
+                    "classic": True,
+                    "budget": int(k),
+                    "seed": int(seed),
+                    "run_id": run_id,
+                    "test": test,
+                    "alpha": alpha,
+                    "seconds": round(seconds, 3),
+                    "n_train": int(len(index["train"])),
+                }
+            )
+            metric = f"test/{task.primary}"
+            print(f"finetune {exp_name} {name:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
+    return records
+
+
 def run(cfg: DictConfig) -> list[dict]:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
+    name, exp = experiment(cfg, "transfer")
+    strategies, linear = selected(cfg)
+    budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
+    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    val_labels = tcfg.val_labels
+    if val_labels not in ("budget", "all"):
+        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {val_labels!r}")
+
     import numpy as np
     import torch
 
-    from pipeline.config import settings
-    from pipeline.data import TaskSet, label_budget
+    from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.stages.pretrain import split_tensors
@@ -40,18 +129,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.training import TaskModule, fit
     from pipeline.transfer import TransferContext
 
-    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
-    name, exp = experiment(cfg, "transfer")
     paths = layout(cfg, name)
-    strategies = pick(cfg.get("strategy"), cfg.transfer.strategies.keys(), "strategy")
-    budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
-    val_labels = tcfg.val_labels
-    if val_labels not in ("budget", "all"):
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {val_labels!r}")
-
     tgt = TaskSet.load(paths.data / "target")
     ckpt = load_checkpoint(paths.source / "model.pt")
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
@@ -67,27 +145,16 @@ def run(cfg: DictConfig) -> list[dict]:
         strategy = instantiate(strategy_cfg, f"transfer strategy {strategy_name}")
         for k in budgets:
             for seed in seeds:
-                # Budget subsets nest across k at a fixed seed; validation labels follow the same budget
-                # unless `transfer.val_labels=all` (an optimistic few-shot protocol, kept for comparison).
-                index = {
-                    "train": label_budget(y, tgt.splits["train"], task.kind, k, seed),
-                    "val": label_budget(y, tgt.splits["val"], task.kind, k, seed) if val_labels == "budget" else tgt.splits["val"],
-                    "test": tgt.splits["test"],
-                }
+                index = budget_index(y, tgt.splits, task.kind, k, seed, val_labels)
                 torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
                 plan = strategy.build(ctx, tcfg.lr)
                 inputs = features if plan.inputs == "features" else tgt.x
                 params = run_params(cfg, strategy_name)
                 uses_source = bool(plan.copied) or plan.inputs == "features"
+                tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
+                lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}
                 with tracker.run(
-                    "finetune",
-                    variant=strategy_name,
-                    seed=seed,
-                    data_hash=tgt.data_hash,
-                    params=params,
-                    budget=k,
-                    source_run_id=ckpt["run_id"] if uses_source else None,
-                    tags={"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})},
+                    "finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags=tags, **lineage
                 ) as run_id:
                     start = time.perf_counter()
                     module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer, "optimizer"), plan.extra_loss)
@@ -119,6 +186,8 @@ def run(cfg: DictConfig) -> list[dict]:
                     f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
                     flush=True,
                 )
+    if linear:
+        results += fit_linear(cfg, name, tgt, budgets, seeds, tracker)
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)

@@ -17,7 +17,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
 
 
 def baseline(mcfg) -> tuple[str, str]:
@@ -42,11 +42,11 @@ def auto_candidates(arch_cfg: DictConfig) -> list[dict]:
     return [{**raw, **dict(zip(autos, values))} for values in itertools.product(*(grid_cfg[k] for k in autos))]
 
 
-def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
-    """(scheme, weighting) pairs to run, the baseline (`multitask.baseline`) first."""
-
+def grid(cfg: DictConfig, exp: DictConfig) -> tuple[list[str], list[str], list[str], bool, tuple[str, str]]:
+    """The names the selectors and the experiment pick, checked without building anything: schemes,
+    weightings, the schemes every weighting is tried on, whether one pair was asked for by name, and
+    the baseline pair."""
     from pipeline.config import settings
-    from pipeline.multitask.weighting import build, check_compatible
 
     (mcfg,) = settings(cfg, "multitask")
     mt = cfg.multitask
@@ -64,6 +64,15 @@ def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[
         weightings_on = pick(weightings_on, mt.archs.keys(), "scheme in weightings_on")
     else:
         weightings_on = schemes
+    return schemes, weightings, weightings_on, explicit, base
+
+
+def plan(cfg: DictConfig, exp: DictConfig, input_dim: int, tasks) -> list[tuple[str, str]]:
+    """(scheme, weighting) pairs to run, the baseline (`multitask.baseline`) first."""
+    from pipeline.multitask.weighting import build, check_compatible
+
+    mt = cfg.multitask
+    schemes, weightings, weightings_on, explicit, base = grid(cfg, exp)
     # How many parameters each scheme shares decides which weightings apply; build each net once.
     n_shared = {
         s: len(instantiate(auto_candidates(mt.archs[s])[0], f"scheme {s}", input_dim=input_dim, tasks=tasks).shared_parameters()) for s in schemes
@@ -130,18 +139,21 @@ def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
 
 
 def run(cfg: DictConfig) -> list[dict]:
+    from pipeline.config import settings
+
+    # User input first: a mistake in it is reported before torch and Lightning load.
+    trainer_cfg, mcfg = settings(cfg, "trainer", "multitask")
+    name, exp = experiment(cfg, "multitask")
+    grid(cfg, exp)
+
     import torch
 
-    from pipeline.config import settings
     from pipeline.data import TaskSet
     from pipeline.io import write_json
     from pipeline.multitask.weighting import build
-    from pipeline.stages import experiment
     from pipeline.tracking import Tracker, digest
     from pipeline.training import TaskModule, fit
 
-    trainer_cfg, mcfg = settings(cfg, "trainer", "multitask")
-    name, exp = experiment(cfg, "multitask")
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
@@ -168,14 +180,8 @@ def run(cfg: DictConfig) -> list[dict]:
                 "optimizer": OmegaConf.to_container(cfg.optimizer),
             }
             method = f"{scheme}+{wname}"
-            with tracker.run(
-                "multitask",
-                variant=method,
-                seed=seed,
-                data_hash=ts.data_hash,
-                params=params,
-                tags={"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))},
-            ) as run_id:
+            tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
+            with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
                 res = fit(module, data, mcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
                 candidates.append(
                     {

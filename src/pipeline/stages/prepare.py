@@ -2,7 +2,9 @@
 
 A transfer experiment gets a source and a target task set of one task each; a multitask experiment
 one task set with a label column per task; all three come from `pipeline.data.build.build_taskset`.
-Stages after this one never read raw data. Label budgets are drawn later, per seed, from the
+A transfer target is prepared in its source's frame: feature columns matched by name, features and
+regression labels standardised with the source's train statistics (`build.in_source_frame`), so
+what holds in both domains still holds after preparation. Stages after this one never read raw data. Label budgets are drawn later, per seed, from the
 target's train split; here we only check that every budget can be met.
 """
 
@@ -10,21 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.errors import PipelineError
 from pipeline.stages import experiment, experiment_kind, hydra_entry, layout
-
-
-def one_task(data_cfg, split, role: str, what: str):
-    """A transfer source or target: a task set of exactly one task."""
-    from pipeline.data.build import build_taskset
-
-    ts = build_taskset(data_cfg, split, role, what)
-    if len(ts.tasks) != 1:
-        names = [t.name for t in ts.tasks]
-        raise PipelineError(
-            f"{what}: a transfer {role} has one task; data {data_cfg.get('_target_')!r} gives {len(names)} {names} (use a multitask experiment)"
-        )
-    return ts
 
 
 def check_budgets(ts, budgets, role: str) -> None:
@@ -43,18 +31,29 @@ def check_budgets(ts, budgets, role: str) -> None:
             )
 
 
+def note_files_outside_own_folder(name: str, *sets) -> None:
+    """dvc.yaml's prepare@<name> depends on data/<name>/ only: say so when a file read lies elsewhere."""
+    from pathlib import Path
+
+    own = (Path("data") / name).resolve()
+    for ts in sets:
+        f = ts.provenance.get("file")
+        if f and own not in Path(f).resolve().parents:
+            print(f"note: {f} is outside data/{name}/, the folder dvc.yaml's prepare stage of {name} depends on; `dvc repro` will not see it change")
+
+
 def run(cfg: DictConfig) -> dict:
+    from pipeline.data.build import build_taskset
     from pipeline.io import atomic_dir
 
     if experiment_kind(cfg) == "multitask":
         return run_multitask(cfg)
     name, exp = experiment(cfg, "transfer")
-    source, target = (one_task(exp[role], exp.split, role, f"experiment {name} {role}") for role in ("source", "target"))
-    if source.x.shape[1] != target.x.shape[1]:
-        raise PipelineError(f"experiment {name}: source inputs have {source.x.shape[1]} features, target inputs {target.x.shape[1]}; they must match")
-    if source.provenance.get("feature_names") and source.provenance.get("feature_names") != target.provenance.get("feature_names"):
-        raise PipelineError(f"experiment {name}: source and target tables must have the same feature columns in the same order")
+    source = build_taskset(exp.source, exp.split, "source", f"experiment {name} source")
+    # The target in the source's frame (columns by name, the source's statistics): what transfers stays identical.
+    target = build_taskset(exp.target, exp.split, "target", f"experiment {name} target", frame=source)
     check_budgets(target, exp.budgets, "target")
+    note_files_outside_own_folder(name, source, target)
     out = layout(cfg, name).data
     with atomic_dir(out) as tmp:
         source.save(tmp / "source")
@@ -70,6 +69,7 @@ def run_multitask(cfg: DictConfig) -> dict:
 
     name, exp = experiment(cfg, "multitask")
     ts = build_taskset(exp.data, exp.split, "multitask", f"experiment {name}")
+    note_files_outside_own_folder(name, ts)
     out = layout(cfg, name).data
     with atomic_dir(out) as tmp:
         ts.save(tmp / "tasks")

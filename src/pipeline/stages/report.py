@@ -2,7 +2,8 @@
 
 Transfer experiments (`report.transfer`): reports/<experiment>.md (strategy x label budget, mean ± std
 over seeds, paired gain over `transfer.baseline`, negative transfer flagged) and the label-efficiency
-figure. Multitask experiments (`report.multitask`): Δm of every method against `multitask.baseline`,
+figure. Multitask experiments (`report.multitask`): Δm of every method against `multitask.baseline`
+(per-task mean and over test rows; `delta_m` in the metrics and plot is the one the verdict rests on),
 per-task results and the task-weight figure. Both also write the DVC metrics and plots files
 (`report.outputs`, all at once) and log the report and figures as artifacts of a `report` run in MLflow.
 """
@@ -42,7 +43,7 @@ def run_transfer(cfg: DictConfig) -> dict:
         {k: written[k] for k in (f"{name}.md", fig)},
         data_hash=t.data_hash,
         source_run_id=t.source["run_id"],
-        params={"n_runs": len(t.df), "n_stale": len(t.stale), "baseline": t.baseline},
+        params={"n_runs": t.n_runs, "n_stale": len(t.stale), "baseline": t.baseline},
     )
     print(
         f"report {name}: {written[f'{name}.md']} and {written[fig]} ({len(t.df)} runs, {len(t.stale)} stale ignored);"
@@ -76,7 +77,14 @@ def run_multitask(cfg: DictConfig) -> dict:
         name,
         {k: written[k] for k in (f"{name}.md", results_fig, weights_fig)},
         data_hash=t.ts.data_hash,
-        params={"n_runs": n_runs, "n_stale": len(t.stale), "baseline": t.baseline, "n_tasks_delta_m": len(t.tasks_used[0])},
+        params={
+            "n_runs": n_runs,
+            "n_stale": len(t.stale),
+            "baseline": t.baseline,
+            "n_tasks_delta_m": len(t.tasks_used[0]),
+            "n_tasks_delta_m_per_task": len(t.tasks_used[0]) - len(t.zero_baseline),
+            "delta_m_basis": t.basis[0],
+        },
         metrics={f"delta_m/{m.replace('+', '.')}": v for m, v in metrics["delta_m"].items()},  # MLflow keys allow no "+"
         run_metrics=multitask.run_delta_m(t),
     )

@@ -13,19 +13,22 @@ from pipeline.data import TaskSpec
 
 
 def task_metrics(task: TaskSpec, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy and macro-F1 for classes, RMSE and R² for values (torchmetrics)."""
+    """Accuracy and macro-F1 for classes, RMSE and R² for values (torchmetrics), over n >= 1 rows.
+
+    Accuracy and RMSE are defined on one row; R² (a variance in its denominator) and macro-F1 (an
+    average over the classes present) are not, so with one row they are left out. Keeping the rest
+    means no task with a labelled row disappears from model selection or from Δm."""
     from torchmetrics.functional import mean_squared_error, r2_score
     from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+    several = len(y) >= 2
     if task.kind == "classification":
         n = task.n_outputs
         target = y.long()
-        return {
-            "acc": multiclass_accuracy(out, target, num_classes=n, average="micro"),
-            "f1": multiclass_f1_score(out, target, num_classes=n, average="macro"),
-        }
+        values = {"acc": multiclass_accuracy(out, target, num_classes=n, average="micro")}
+        return values | ({"f1": multiclass_f1_score(out, target, num_classes=n, average="macro")} if several else {})
     pred = out.squeeze(-1)
-    return {"rmse": mean_squared_error(pred, y).sqrt() * task.scale, "r2": r2_score(pred, y)}
+    return {"rmse": mean_squared_error(pred, y).sqrt() * task.scale} | ({"r2": r2_score(pred, y)} if several else {})
 
 
 def masked_losses(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
@@ -51,12 +54,12 @@ def masked_losses(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor], y:
 
 
 def per_task_metrics(tasks: Sequence[TaskSpec], outputs: Sequence[torch.Tensor], y: torch.Tensor, task_names: bool = True) -> dict[str, float]:
-    """`<task>/<metric>` over each task's labelled entries (a task with fewer than 2 is left out);
-    `<metric>` alone with task_names=False (one task)."""
+    """`<task>/<metric>` over each task's labelled entries (a task with none has no metrics; with one,
+    only those defined on one row, see task_metrics); `<metric>` alone with task_names=False (one task)."""
     values: dict[str, float] = {}
     for t, (task, out) in enumerate(zip(tasks, outputs)):
         mask = ~torch.isnan(y[:, t])
-        if int(mask.sum()) < 2:
+        if not bool(mask.any()):
             continue
         for k, v in task_metrics(task, out[mask], y[mask, t]).items():
             values[f"{task.name}/{k}" if task_names else k] = float(v)

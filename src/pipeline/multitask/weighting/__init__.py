@@ -16,12 +16,25 @@ comparable quantity, `train/weight/<task>`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pipeline.errors import PipelineError, instantiate
+
+
+@dataclass
+class Step:
+    """What a weighting sees of one training step."""
+
+    losses: Tensor  # the T per-task losses, stacked [T]
+    per_task: list[Tensor]  # the same losses one by one (their graphs kept apart when given as a sequence)
+    present: Tensor  # [T] bool: the tasks with labels in the batch
+    shared: list[Tensor]  # trainable parameters every task uses ([] when none are shared)
+    features: list[Tensor] | None  # the shared representation the heads read, or None
+    heads: list[list[Tensor]]  # heads[t]: trainable parameters only task t uses
 
 
 class Weighting(nn.Module):
@@ -65,20 +78,11 @@ class Weighting(nn.Module):
         if not present.any():  # no task has a label in this batch: nothing to learn from
             return torch.zeros_like(losses.detach())
         shared, heads = _trainable(shared_params), [_trainable(ps) for ps in task_params]
-        return self._backward(losses, per_task, present, shared, features, heads).detach()
+        return self._backward(Step(losses, per_task, present, shared, features, heads)).detach()
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
-        """`losses` stacked [T]; `per_task` the same losses one by one (their graphs kept apart
-        when the caller gave a sequence); `present` [T] bool, the tasks with labels in the batch.
-        Absent tasks' parameters must get no gradient, as with autograd."""
+    def _backward(self, step: Step) -> Tensor:
+        """Populate the gradients from `step`; return the weights applied [T]. Absent tasks'
+        parameters must get no gradient, as with autograd."""
         raise NotImplementedError
 
     def extra_parameters(self) -> list[Tensor]:

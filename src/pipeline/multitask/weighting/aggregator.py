@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import PipelineError, check_keys
-from pipeline.multitask.weighting import Weighting, connected, rows_at_once
+from pipeline.multitask.weighting import Step, Weighting, connected, rows_at_once
 
 SOLVERS_HINT = "pip install 'pipeline[solvers]'"
 
@@ -93,34 +93,27 @@ class TorchJD(Weighting):
                 f"and {type(self.aggregator).__name__} computes them from the Jacobian; use jacobian=params"
             )
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
-        if not shared_params:
+    def _backward(self, step: Step) -> Tensor:
+        if not step.shared:
             raise PipelineError(f"weighting '{self.name}' needs shared parameters; the scheme has none")
         chunk = self.parallel_chunk_size
         if chunk == "auto":
-            chunk = rows_at_once(losses.device)
-        rows = torch.ones_like(present) if self.all_rows else present  # the tasks that get a Jacobian row
+            chunk = rows_at_once(step.losses.device)
+        rows = torch.ones_like(step.present) if self.all_rows else step.present  # the tasks that get a Jacobian row
         index = rows.nonzero().flatten()
         keep = index.tolist()
-        has_labels = present.tolist()
-        heads = [task_params[t] if has_labels[t] else [] for t in keep]  # absent: no .grad
+        has_labels = step.present.tolist()
+        heads = [step.heads[t] if has_labels[t] else [] for t in keep]  # absent: no .grad
+        kept = [step.per_task[t] for t in keep]
         if self.jacobian == "features":
-            if not features:
+            if not step.features:
                 raise PipelineError(f"weighting '{self.name}' with jacobian=features needs a scheme that exposes shared features")
-            weights = self._backward_features([per_task[t] for t in keep], features, heads, shared_params)
+            weights = self._backward_features(kept, step.features, heads, step.shared)
         else:
-            weights = self._backward_params(losses, [per_task[t] for t in keep], present[index], features, heads, shared_params, chunk)
+            weights = self._backward_params(step.losses, kept, step.present[index], step.features, heads, step.shared, chunk)
             if weights is None:
-                return torch.full_like(losses, float("nan"))
-        return losses.new_zeros(losses.shape).index_copy(0, index, weights.to(losses))
+                return torch.full_like(step.losses, float("nan"))
+        return step.losses.new_zeros(step.losses.shape).index_copy(0, index, weights.to(step.losses))
 
     def _backward_params(
         self,

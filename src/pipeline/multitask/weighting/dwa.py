@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import PipelineError
-from pipeline.multitask.weighting import Weighting, weighted_sum_backward
+from pipeline.multitask.weighting import Step, Weighting, weighted_sum_backward
 
 
 class DWA(Weighting):
@@ -45,13 +45,5 @@ class DWA(Weighting):
             ratio = torch.where(ok, newer / older, torch.ones_like(newer))
             self.weights.copy_(self.n_tasks * torch.softmax(ratio / self.temperature, dim=0))
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
-        return weighted_sum_backward(losses, self.weights)
+    def _backward(self, step: Step) -> Tensor:
+        return weighted_sum_backward(step.losses, self.weights)

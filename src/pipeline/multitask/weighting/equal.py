@@ -9,19 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.multitask.weighting import Weighting, weighted_sum_backward
+from pipeline.multitask.weighting import Step, Weighting, weighted_sum_backward
 
 
 class Equal(Weighting):
     name = "equal"
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
-        return weighted_sum_backward(losses, torch.ones_like(losses))
+    def _backward(self, step: Step) -> Tensor:
+        return weighted_sum_backward(step.losses, torch.ones_like(step.losses))

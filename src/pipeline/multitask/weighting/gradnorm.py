@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import PipelineError
-from pipeline.multitask.weighting import Weighting, weighted_sum_backward
+from pipeline.multitask.weighting import Step, Weighting, weighted_sum_backward
 
 MIN_WEIGHT = 1e-4  # floor before renormalising: a task's weight stays positive
 
@@ -46,15 +46,8 @@ class GradNorm(Weighting):
         self.register_buffer("initial_losses", torch.full((self.n_tasks,), float("nan")))
         self._optimizer: torch.optim.Optimizer | None = None
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
+    def _backward(self, step: Step) -> Tensor:
+        losses, per_task, present, shared_params = step.losses, step.per_task, step.present, step.shared
         if not shared_params:
             raise PipelineError("weighting 'gradnorm' needs shared parameters; the scheme has none")
         layer = shared_params if self.layer == "all" else [_last_layer(shared_params)]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.multitask.weighting import Weighting
+from pipeline.multitask.weighting import Step, Weighting
 
 
 class Uncertainty(Weighting):
@@ -34,17 +34,9 @@ class Uncertainty(Weighting):
         # Learn s = log sigma^2, not sigma: unconstrained, and exp(-s) never divides by zero.
         self.log_var = nn.Parameter(torch.full((self.n_tasks,), float(init_log_var)))
 
-    def _backward(
-        self,
-        losses: Tensor,
-        per_task: list[Tensor],
-        present: Tensor,
-        shared_params: list[Tensor],
-        features: list[Tensor] | None,
-        task_params: list[list[Tensor]],
-    ) -> Tensor:
+    def _backward(self, step: Step) -> Tensor:
         weights = torch.exp(-self.log_var)
-        ((weights * losses + self.log_var) * present.to(losses)).sum().backward()
+        ((weights * step.losses + self.log_var) * step.present.to(step.losses)).sum().backward()
         return weights
 
     def extra_parameters(self) -> list[Tensor]:
