@@ -276,7 +276,8 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         beaten_by = [m for m, v in classic_dm.items() if len(neural) and v > neural.max()]
         if beaten_by:
             lines.append(
-                f"- {', '.join(f'`{m}`' for m in beaten_by)} {'beats' if len(beaten_by) == 1 else 'beat'} every neural method: here a linear model is the one to beat,"
+                f"- {', '.join(f'`{m}`' for m in beaten_by)} {'beats' if len(beaten_by) == 1 else 'beat'} every neural method:"
+                " here a linear model is the one to beat,"
                 " and no sharing scheme or weighting does."
             )
     lines.append(conflict_finding(t, top))
