@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install demo demo-all test lint format params bench bench-weighting mlflow-ui clean
+.PHONY: install demo demo-all test lint format params bench bench-weighting bench-branches mlflow-ui clean
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ bench: $(STAMP)
 
 bench-weighting: $(STAMP)
 	$(BIN)/python benchmarks/weighting_step.py
+
+bench-branches: $(STAMP)
+	$(BIN)/python benchmarks/branches.py
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.report.multitask import delta_m
+from pipeline.report.delta_m import delta_m
 from pipeline.training import masked_losses
 from support import mlflow_runs
 

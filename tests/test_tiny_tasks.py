@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.data import TaskSet, TaskSpec
+from pipeline.report import delta_m as deltas
 from pipeline.report import multitask as mt
 from pipeline.training import per_task_metrics, selection_score
 
@@ -147,6 +148,6 @@ def test_a_zero_baseline_leaves_the_per_task_mean_only():
         {"scheme": "hard", "weighting": "equal", "seed": 0, "run_id": "h", "test": {"test/a/acc": 1.0, "test/b/acc": 0.5}},
     ]
     df = mt.table(records)
-    dm = mt.delta_m(df, tasks, BASE, {"a": 1, "b": 3}).set_index("method")
+    dm = deltas.delta_m(df, tasks, BASE, {"a": 1, "b": 3}).set_index("method")
     assert dm.delta_m[JOINT] == pytest.approx(0.0)  # b only: a's ratio is undefined
     assert dm.delta_m_rows[JOINT] == pytest.approx(100 * (0.625 - 0.375) / 0.375)  # accuracy over all 4 test rows: 1.5/4 -> 2.5/4

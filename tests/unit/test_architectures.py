@@ -38,7 +38,15 @@ def ids(params) -> list[int]:
 
 def assert_partition(net: MultitaskNet) -> None:
     """shared_parameters() and task_parameters(t) for every t: no parameter listed twice, none in two
-    groups, and together every parameter of the network."""
+    groups, and together every parameter of the network. Stacked per-task parameters (single_task,
+    soft): task t's parameters are slice t of each, and nothing is shared."""
+    if isinstance(net, SingleTask):
+        stacked = list(net.parameters())
+        assert net.shared_parameters() == [] and all(p.shape[0] == len(TASKS) for p in stacked)
+        for t in range(len(TASKS)):
+            own = net.task_parameters(t)
+            assert len(own) == len(stacked) and all(v.data_ptr() == p[t].data_ptr() and v.shape == p[t].shape for v, p in zip(own, stacked))
+        return
     groups = [ids(net.shared_parameters())] + [ids(net.task_parameters(t)) for t in range(len(TASKS))]
     listed = [i for g in groups for i in g]
     assert len(listed) == len(set(listed)), "a parameter is listed twice or in two groups"
@@ -52,6 +60,12 @@ def assert_outputs_depend_on_own_and_shared_only(net: MultitaskNet) -> None:
     x = torch.randn(5, INPUT_DIM)
     outs, _ = net(x)
     assert [o.shape for o in outs] == [(5, t.n_outputs) for t in TASKS]
+    if isinstance(net, SingleTask):  # stacked: output t's gradient is nonzero in slice t of every parameter, zero elsewhere
+        for t, out in enumerate(outs):
+            for i, g in enumerate(torch.autograd.grad(out.sum(), list(net.parameters()), retain_graph=True)):
+                assert g[t].abs().sum() > 0, f"task {t} does not reach its slice of parameter {i}"
+                assert (torch.cat([g[:t], g[t + 1 :]]) == 0).all(), f"task {t} reaches another task's slice of parameter {i}"
+        return
     names = {id(p): n for n, p in net.named_parameters()}
     for t, out in enumerate(outs):
         allowed = set(ids(net.shared_parameters())) | set(ids(net.task_parameters(t)))
@@ -104,19 +118,20 @@ SOFT.pop("auto_grid", None)
 
 def test_soft_penalty_is_zero_for_identical_trunks_and_measures_their_spread():
     net = build(SOFT, coupling=0.5)
+    trunk = [*net.branches.weights[: net.trunk_layers], *net.branches.biases[: net.trunk_layers]]
     with torch.no_grad():
-        for trunk in net.trunks[1:]:
-            trunk.load_state_dict(net.trunks[0].state_dict())
+        for p in trunk:
+            p[1:] = p[0]
     assert net.penalty() < 1e-9  # zero up to rounding: the float32 mean of three equal numbers
     # Move one weight of trunk 0 by delta: the mean moves by delta/T, and
     # sum_t ||W_t - mean||^2 = delta^2 (1 - 1/T)^2 + (T - 1) (delta/T)^2 = delta^2 (T - 1) / T.
     delta, n = 0.3, len(TASKS)
     with torch.no_grad():
-        next(net.trunks[0].parameters()).view(-1)[0] += delta
+        trunk[0][0].view(-1)[0] += delta
     torch.testing.assert_close(net.penalty(), torch.tensor(0.5 * delta**2 * (n - 1) / n))
     # Its gradient pulls the trunks together: trunk 0's moved weight down, the others' up.
     net.penalty().backward()
-    grads = [next(t.parameters()).grad.view(-1)[0] for t in net.trunks]
+    grads = [trunk[0].grad[t].view(-1)[0] for t in range(n)]
     assert grads[0] > 0 and all(g < 0 for g in grads[1:])
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data import TaskSet, TaskSpec
 from pipeline.errors import PipelineError
+from pipeline.report import delta_m as deltas
 from pipeline.report import multitask as mt
 from pipeline.report import outputs, transfer
 
@@ -51,9 +52,9 @@ def test_delta_m_averages_every_method_over_the_same_tasks():
         _record("partial+equal", 0, {"a": 0.55, "b": 0.88}),
     ]
     df = mt.table(records)
-    used, left_out = mt.common_tasks(df, TASKS, BASE)
+    used, left_out = deltas.common_tasks(df, TASKS, BASE)
     assert used == ["a", "b"] and left_out == {"c": ["partial+equal"]}
-    dm = mt.delta_m(df, TASKS, BASE).set_index("method").delta_m
+    dm = deltas.delta_m(df, TASKS, BASE).set_index("method").delta_m
     assert dm["good+equal"] == pytest.approx(10.0)  # +10% on a and b; c's -50% is out for everyone
     assert dm["partial+equal"] == pytest.approx(10.0)
     assert dm[BASE] == pytest.approx(0.0)
@@ -61,11 +62,11 @@ def test_delta_m_averages_every_method_over_the_same_tasks():
 
 def test_delta_m_signs_and_baseline_from_the_argument():
     records = [_record("hard+equal", 0, {"a": 0.5, "b": 0.5, "c": 2.0}), _record(BASE, 0, {"a": 0.4, "b": 0.5, "c": 1.0})]
-    dm = mt.delta_m(mt.table(records), TASKS, "hard+equal").set_index("method").delta_m
+    dm = deltas.delta_m(mt.table(records), TASKS, "hard+equal").set_index("method").delta_m
     # against hard+equal: a -20%, b 0, c RMSE halved = +50% (lower is better) -> +10
     assert dm[BASE] == pytest.approx(10.0)
     with pytest.raises(PipelineError, match="multitask.baseline='nope'"):
-        mt.delta_m(mt.table(records), TASKS, "nope")
+        deltas.delta_m(mt.table(records), TASKS, "nope")
 
 
 def _taskset(n_test_c: int) -> TaskSet:

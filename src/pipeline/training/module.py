@@ -50,12 +50,18 @@ class OneTaskNet(nn.Module):
         return None if self.extra_loss is None else self.extra_loss(self.net)
 
 
+def outputs(net, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """net(x) for computing losses and metrics against labels y [N, T]: a net that routes rows by task
+    (`MultitaskNet.routes_by_task`) computes only the labelled entries, the only ones these read."""
+    return net(x, labelled=~torch.isnan(y)) if getattr(net, "routes_by_task", False) else net(x)
+
+
 def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One step's forward and backward pass (the optimizer's step is the caller's): the per-task
     losses and the task weights the weighting applied. The penalty's gradient accumulates with the
     weighting's, so it is the gradient of the sum above."""
-    outputs, features = net(x)
-    losses = masked_losses(tasks, outputs, y)
+    out, features = outputs(net, x, y)
+    losses = masked_losses(tasks, out, y)
     penalty = net.penalty()
     if penalty is not None:
         penalty.backward()
@@ -197,10 +203,10 @@ class TaskModule(L.LightningModule):
 
     def _evaluate(self, batch, prefix: str) -> dict[str, float]:
         x, y = batch
-        outputs, _ = self.net(x)
+        out, _ = outputs(self.net, x, y)
         one = len(self.tasks) == 1
-        metrics = per_task_metrics(self.tasks, outputs, y, task_names=not one)
-        loss = {f"{prefix}/loss": float(sum(masked_losses(self.tasks, outputs, y)))}
+        metrics = per_task_metrics(self.tasks, out, y, task_names=not one)
+        loss = {f"{prefix}/loss": float(sum(masked_losses(self.tasks, out, y)))}
         values = {f"{prefix}/{k}": v for k, v in metrics.items()}
         values = {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(self.tasks, metrics), **loss}
         monitor = self.monitor()[0].replace("val/", f"{prefix}/")

@@ -21,6 +21,9 @@ class MultitaskNet(nn.Module):
     """Base class. Subclasses build their modules and implement `forward`."""
 
     name = "multitask"
+    # True: forward(x, labelled) takes the [N, T] bool mask of labelled entries and may compute only
+    # those (the others are NaN); the training module passes it (`pipeline.training.module.outputs`).
+    routes_by_task = False
 
     def __init__(self, input_dim: int, tasks: Sequence[TaskSpec]) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ so lambda = 0 gives independent models and lambda -> inf one shared trunk. The r
 depends on how related the tasks are (a fixed strong coupling hurts unrelated tasks), so
 `coupling: auto` lets the multitask stage pick it on validation data from `auto_grid`.
 No parameter is literally shared, so gradient-aggregation weightings do not apply to this scheme.
+The trunks are `SingleTask`'s stacked branches, so each sum over t is one reduction over the stacked dim.
 """
 
 from __future__ import annotations
@@ -37,8 +38,27 @@ class SoftSharing(SingleTask):
         self.coupling = float(coupling)
 
     def penalty(self):
-        if self.coupling == 0.0 or len(self.trunks) < 2:
+        if self.coupling == 0.0 or len(self.tasks) < 2:
             return None
-        per_layer = zip(*(t.parameters() for t in self.trunks))
-        total = sum(((torch.stack(ws) - torch.stack(ws).mean(0)) ** 2).sum() for ws in per_layer)
-        return self.coupling * total
+        b = self.branches  # trunk layers only: the heads stay free
+        stacked = [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
+        return self.coupling * sum(Spread.apply(p) for p in stacked)
+
+
+class Spread(torch.autograd.Function):
+    """S(W) = sum_t ||W_t - mean_s W_s||^2 over the stacked dim 0, with its gradient in closed form:
+    dS/dW_t = 2 (W_t - mean) - (2/T) sum_s (W_s - mean) = 2 (W_t - mean), the centred W saved from the
+    forward pass. Autograd through the mean would take several more passes over the trunks' weights,
+    which at 63 tasks x [256, 128] cost more than the networks' own step."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        centred = w - w.mean(0)
+        ctx.save_for_backward(centred)
+        flat = centred.reshape(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (centred,) = ctx.saved_tensors
+        return centred * (2 * grad)
