@@ -9,12 +9,7 @@ from pipeline.errors import PipelineError
 
 
 def synthetic_linear(
-    n_tasks: int = 10,
-    n_per_task: int = 100,
-    n_features: int = 20,
-    relatedness: float = 0.5,
-    noise: float = 0.5,
-    seed: int = 0,
+    n_tasks: int = 10, n_per_task: int = 100, n_features: int = 20, relatedness: float = 0.5, noise: float = 0.5, seed: int = 0
 ) -> Source:
     """Linear regression tasks sharing part of their weights.
 
