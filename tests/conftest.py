@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from support import compose_cfg
+from support import compose_cfg, run_stages
 
 
 @pytest.fixture
@@ -22,14 +20,5 @@ def pipeline_run(tmp_path_factory):
     from pipeline.stages import extract, finetune, prepare, pretrain, report
 
     tmp = tmp_path_factory.mktemp("chain")
-    old = os.getcwd()
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(tmp)
-    try:
-        cfg = compose_cfg(tmp)
-        out = {"cfg": cfg, "tmp": tmp}
-        for stage in (prepare, pretrain, extract, finetune, report):
-            out[stage.__name__.rsplit(".", 1)[1]] = stage.run(cfg)
-    finally:
-        os.chdir(old)
-    return out
+    cfg, out = run_stages(tmp, (prepare, pretrain, extract, finetune, report))
+    return {"cfg": cfg, "tmp": tmp, **out}

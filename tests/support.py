@@ -31,6 +31,19 @@ TINY = [
 SYNTHETIC = [f"+experiment@multitask_experiments.{n}={n}" for n in ("synthetic_related", "synthetic_unrelated")]
 
 
+def run_stages(tmp: Path, stages, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
+    """Run `stages` in order on the real conf/ (TINY plus `overrides`) with tmp as working directory
+    and store: (the config, {stage name: what its run returned})."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    old = os.getcwd()
+    os.chdir(tmp)  # contextlib.chdir needs Python 3.11; the project supports 3.10
+    try:
+        cfg = compose_cfg(tmp, list(overrides))
+        return cfg, {stage.__name__.rsplit(".", 1)[1]: stage.run(cfg) for stage in stages}
+    finally:
+        os.chdir(old)
+
+
 def compose_cfg(tmp: Path, overrides: list[str] = ()) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=[*TINY, *SYNTHETIC, *overrides])

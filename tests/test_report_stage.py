@@ -195,22 +195,12 @@ TINY_MT = [
 @pytest.fixture(scope="module")
 def mt_chain(tmp_path_factory):
     """prepare + multitask on synthetic_related without `hard`, at seeds 1 and 2."""
-    import os
-
     from pipeline.stages import multitask, prepare
-    from support import compose_cfg
+    from support import run_stages
 
     tmp = tmp_path_factory.mktemp("mt")
-    old = os.getcwd()
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(tmp)
-    try:
-        cfg = compose_cfg(tmp, TINY_MT)
-        prepare.run(cfg)
-        results = multitask.run(cfg)
-    finally:
-        os.chdir(old)
-    return tmp, results
+    _, out = run_stages(tmp, (prepare, multitask), TINY_MT)
+    return tmp, out["multitask"]
 
 
 @pytest.fixture
