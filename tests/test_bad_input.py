@@ -177,3 +177,18 @@ def test_checkpoint_shape_mismatch_names_the_layers(pipeline_run, tmp_path):
     with pytest.raises(PipelineError) as err:
         load_matching(target, torch.load(art / "source" / "model.pt", weights_only=False)["state_dict"], ["backbone"], "param_transfer")
     assert "backbone.blocks.0.linear.weight: checkpoint (32, 64) vs target (256, 64)" in str(err.value)
+
+
+def test_unknown_target_is_one_line_through_the_cli(tmp_path):
+    """Hydra logs its own multi-line error when a `_target_` does not resolve; the user sees ours only."""
+    proc = run_cli(
+        "prepare",
+        "experiments.mnist_to_digits.target._target_=pipeline.data.digits.nope",
+        cwd=tmp_path,
+        env={"PIPELINE_CONF_DIR": str(ROOT / "conf")},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: experiment mnist_to_digits target: _target_ 'pipeline.data.digits.nope' cannot be found (ImportError)"
+    ], proc.stderr
+    assert proc.stdout.strip() == "", proc.stdout

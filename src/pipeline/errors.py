@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any
 
 
@@ -25,10 +26,15 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     target = cfg.get("_target_")
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # it logs its own three-line error before raising; ours is one line
     try:
         obj = get_object(str(target))
     except Exception as exc:  # Hydra raises several types for a path that does not resolve
         raise PipelineError(f"{what}: _target_ {target!r} cannot be found ({exc.__class__.__name__})") from None
+    finally:
+        hydra_log.setLevel(level)
     check_keys(obj, [str(k) for k in cfg.keys() if not str(k).startswith("_")] + list(kwargs), what)
     try:
         # Hydra builds the arguments (nested configs included); we make the call ourselves, so that
