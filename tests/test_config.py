@@ -24,14 +24,17 @@ def test_schema_has_no_defaults_and_conf_provides_every_key(tmp_path):
     assert transfer.patience == 2  # tests/support's TINY override reaches the validated settings
 
 
-@pytest.mark.parametrize(
-    "stage, override, key",
-    [
-        ("pretrain", "+trainer.step_per_batch=4", "trainer.step_per_batch"),
-        ("finetune", "+transfer.paitence=3", "transfer.paitence"),
-        ("multitask", "+multitask.min_step_per_epoch=3", "multitask.min_step_per_epoch"),
-    ],
-)
+# A misspelt key in each node a training stage validates: (stage, override, the key the error names).
+MISSPELT = [
+    ("pretrain", "+trainer.step_per_batch=4", "trainer.step_per_batch"),
+    ("pretrain", "+trainer.num_thread=2", "trainer.num_thread"),
+    ("finetune", "+transfer.paitence=3", "transfer.paitence"),
+    ("multitask", "+multitask.min_step_per_epoch=3", "multitask.min_step_per_epoch"),
+    ("multitask", "+multitask.patiense=3", "multitask.patiense"),
+]
+
+
+@pytest.mark.parametrize("stage, override, key", MISSPELT)
 def test_misspelt_key_is_an_error_naming_it(make_cfg, stage, override, key):
     import importlib
 
@@ -49,14 +52,7 @@ def test_wrong_type_is_an_error_naming_the_key(tmp_path):
         validate({**compose_cfg(tmp_path).trainer, "progress_bar": "sometimes"}, "trainer")
 
 
-@pytest.mark.parametrize(
-    "stage, override, key",
-    [
-        ("finetune", "+transfer.paitence=3", "transfer.paitence"),
-        ("multitask", "+multitask.patiense=3", "multitask.patiense"),
-        ("pretrain", "+trainer.num_thread=2", "trainer.num_thread"),
-    ],
-)
+@pytest.mark.parametrize("stage, override, key", MISSPELT)
 def test_cli_misspelt_key_exits_2_naming_it(tmp_path, stage, override, key):
     proc = run_cli(stage, override, cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
     assert proc.returncode == 2, proc.stderr
