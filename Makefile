@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install demo demo-all test lint format params bench bench-weighting bench-branches mlflow-ui clean
+.PHONY: install demo demo-all test lint format params bench bench-weighting bench-branches bench-pipeline mlflow-ui clean
 
 install: $(STAMP)
 
@@ -53,6 +53,11 @@ bench-weighting: $(STAMP)
 
 bench-branches: $(STAMP)
 	$(BIN)/python benchmarks/branches.py
+
+# Seconds per stage, strategy and scheme+weighting of the default study next to a plain PyTorch loop
+# (about 17 min; ARGS=--quick for a one-minute check, ARGS="--exp star" for one experiment).
+bench-pipeline: $(STAMP)
+	$(BIN)/python benchmarks/pipeline_time.py $(ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,0 +1,240 @@
+"""Where the default study's time goes: every stage's run(cfg) in one process, next to a plain PyTorch loop.
+
+Composes conf/ as `dvc repro` does (default budgets; artifacts, reports and the MLflow SQLite store in a
+temporary directory, so the repository is untouched), then runs prepare/pretrain/extract/finetune/report
+for every experiment in `experiments` and prepare/multitask/report for every one in
+`multitask_experiments`. Printed per stage x experiment, and inside finetune per strategy (summed over
+budgets and seeds), inside multitask per scheme+weighting (summed over seeds and coupling candidates):
+
+  run s    the stage's wall time, or the `seconds` of the result records the stage returns
+  fit s    time inside pipeline.training.fit (Trainer, training, validation, test); the rest of `run s`
+           is MLflow run creation, model building and such
+  steps    optimizer steps, from the FitResult of every fit() call (the records carry only best_epoch)
+  plain s  the same steps in a plain loop: the same net (a copy), batch size and training tensors,
+           AdamW, one thread, summed task losses (+ the net's penalty), no validation; 200 steps timed
+           once per experiment x strategy/scheme x batch size and scaled by the step count
+  x plain  run s / plain s: what our pipeline pays per step over the bare optimisation. For weightings
+           other than equal the plain loop still sums the losses, so the factor includes the method's
+           own extra work (per-task backward passes of mgda, pcgrad, ...)
+
+    PYTHONPATH=src python benchmarks/pipeline_time.py [--exp NAME ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN_STEPS = 200
+FITS: list[dict] = []  # one entry per fit() call, appended by the wrapper from record_fits()
+CLASSIC: list[float] = []  # seconds of each multitask stage's scikit-learn baselines (their records carry none)
+
+
+def compose_cfg(tmp: Path, quick: bool, only: list[str]):
+    """conf/ as `dvc repro` runs it, outputs under tmp; quick: 2 epochs, seed 0, the first budget, no sklearn baselines."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    overrides = ["trainer.progress_bar=false"]
+    if quick:
+        overrides += ["pretrain.max_epochs=2", "transfer.max_epochs=2", "multitask.max_epochs=2", "seeds=[0]"]
+        overrides += ["multitask.classic=[]"]  # the scikit-learn baselines alone take ~80 s on multimnist
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.artifacts = str(tmp / "artifacts")
+        cfg.paths.reports = str(tmp / "reports")
+        cfg.tracking.uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        for group in ("experiments", "multitask_experiments"):
+            unknown = set(only) - set(cfg.experiments) - set(cfg.multitask_experiments)
+            if unknown:
+                raise SystemExit(f"--exp: unknown experiment(s) {sorted(unknown)}")
+            for name in list(cfg[group]):
+                if only and name not in only:
+                    del cfg[group][name]
+                elif quick and group == "experiments":
+                    cfg[group][name].budgets = list(cfg[group][name].budgets)[:1]
+    return cfg
+
+
+def record_fits() -> None:
+    """Wrap pipeline.training.fit (the stages import it inside run()) to keep each call's time, steps and inputs."""
+    import pipeline.training as training
+
+    real = training.fit
+
+    def timed(module, data, run, settings, seed, **kwargs):
+        start = time.perf_counter()
+        result = real(module, data, run, settings, seed, **kwargs)
+        x, y = data["train"]
+        FITS.append(
+            {
+                "seconds": time.perf_counter() - start,
+                "steps": result.steps,
+                "net": module.net,
+                "tasks": module.tasks,
+                "x": x,
+                "y": y,
+                "bs": min(run.batch_size, len(x)),
+            }
+        )
+        return result
+
+    training.fit = timed
+
+    import pipeline.stages.multitask as multitask  # run() calls its module-level classic() by name
+
+    real_classic = multitask.classic
+
+    def timed_classic(*args):
+        start = time.perf_counter()
+        out = real_classic(*args)
+        CLASSIC.append(time.perf_counter() - start)
+        return out
+
+    multitask.classic = timed_classic
+
+
+def plain_step_seconds(fit: dict) -> float:
+    """Seconds per optimizer step of a plain loop over fit's net, tensors and batch size (200 steps timed after 20 of warm-up)."""
+    import torch
+
+    from pipeline.training.metrics import masked_losses
+    from pipeline.training.module import outputs
+
+    net = fit["net"].train()  # the trained net itself: timed after every stage has finished with it
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
+    x, y, bs, tasks = fit["x"], fit["y"], fit["bs"], fit["tasks"]
+    gen = torch.Generator().manual_seed(0)
+    for i in range(20 + PLAIN_STEPS):
+        if i == 20:
+            start = time.perf_counter()
+        idx = torch.randperm(len(x), generator=gen)[:bs]
+        out, _ = outputs(net, x[idx], y[idx])
+        loss = torch.stack(masked_losses(tasks, out, y[idx])).sum()
+        penalty = net.penalty()
+        if penalty is not None:
+            loss = loss + penalty
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / PLAIN_STEPS
+
+
+def parts(stage: str, cfg, records, fits: list[dict], seconds: float) -> list[tuple[str, int, float, list[dict]]]:
+    """(strategy or scheme+weighting, records, their seconds, their fit() calls) inside finetune/multitask
+    (of `seconds` in all), and what the records do not account for."""
+    from pipeline.stages.multitask import auto_candidates
+
+    out: dict[str, list] = defaultdict(lambda: [0, 0.0, []])
+    calls = iter(fits)
+    for r in records:
+        if r.get("classic"):
+            label, n = r["strategy"] if stage == "finetune" else "sklearn baselines (fits)", 0
+        elif stage == "finetune":
+            label, n = r["strategy"], 1  # fit() calls come in record order: strategy x budget x seed
+        else:
+            label, n = f"{r['scheme']}+{r['weighting']}", len(auto_candidates(cfg.multitask.archs[r["scheme"]]))
+        out[label][0] += 1
+        out[label][1] += r.get("seconds", 0.0)
+        out[label][2] += [next(calls) for _ in range(n)]
+    if "sklearn baselines (fits)" in out:
+        out["sklearn baselines (fits)"][1] = CLASSIC[-1]
+    out["rest (setup, MLflow, I/O)"] = [None, seconds - sum(v[1] for v in out.values()), []]
+    return [(label, *v) for label, v in out.items()]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.plain: dict[tuple, float] = {}  # (experiment, net type and shapes, batch size) -> seconds per plain step
+        self.rows: list[tuple] = []
+
+    def plain_seconds(self, exp: str, fits: list[dict]) -> float:
+        total = 0.0
+        for f in fits:
+            # Timed once per architecture (trainable shapes) and batch size: weightings and seeds share it.
+            shapes = tuple((tuple(p.shape), p.requires_grad) for p in f["net"].parameters())
+            key = (exp, type(f["net"]).__name__, shapes, f["bs"], f["x"].shape[1])
+            if key not in self.plain:
+                self.plain[key] = plain_step_seconds(f)
+            total += self.plain[key] * f["steps"]
+        return total
+
+    def add(self, exp: str, name: str, runs: int, seconds: float, fits: list[dict]) -> None:
+        self.rows.append((exp, name, runs, seconds, fits))
+
+    def print(self, total: float) -> None:
+        """The table; the plain loops are timed here, after every stage has run (outside the total)."""
+
+        def cell(v, fmt):
+            return format(v, fmt) if v is not None else "-".rjust(len(format(0, fmt)))
+
+        rows = [
+            (exp, name, runs, sec, sum(f["seconds"] for f in fits), sum(f["steps"] for f in fits), self.plain_seconds(exp, fits))
+            if fits
+            else (exp, name, runs, sec, None, None, None)
+            for exp, name, runs, sec, fits in self.rows
+        ]
+        head = f"{'experiment':<18} {'stage / part':<28} {'runs':>5} {'run s':>8} {'fit s':>8} {'steps':>8} {'plain s':>8} {'x plain':>8}"
+        print(head + "\n" + "-" * len(head))
+        for exp, name, runs, sec, fit_s, steps, plain in rows:
+            factor = sec / plain if plain else None
+            cells = f"{cell(fit_s, '8.1f')} {cell(steps, '8d')} {cell(plain, '8.2f')} {cell(factor, '8.1f')}"
+            print(f"{exp:<18} {name:<28} {cell(runs or None, '5d')} {sec:>8.1f} {cells}")
+        stages = [r for r in rows if not r[1].startswith(" ")]
+        fit_s = sum(r[4] or 0 for r in stages)
+        steps, plain = sum(r[5] or 0 for r in stages), sum(r[6] or 0 for r in stages)
+        print("-" * len(head))
+        print(f"{'total':<18} {'all stages':<28} {'':>5} {total:>8.1f} {fit_s:>8.1f} {steps:>8d} {plain:>8.2f} {total / plain if plain else 0:>8.1f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--exp", action="append", default=[], help="only this experiment (repeatable)")
+    p.add_argument("--quick", action="store_true", help="2 epochs, seed 0, one budget, no sklearn baselines: does it run (about a minute)")
+    args = p.parse_args(argv)
+
+    import torch
+    from omegaconf import open_dict
+
+    from pipeline.stages import extract, finetune, multitask, prepare, pretrain, report
+    from pipeline.training import quiet
+
+    quiet()
+    torch.set_num_threads(1)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(ROOT)  # prepare reads data/<name>/ relative to the working directory
+    record_fits()
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="pipeline-time-") as tmp:
+        cfg = compose_cfg(Path(tmp), args.quick, args.exp)
+        chains = [(n, [prepare, pretrain, extract, finetune, report]) for n in cfg.experiments]
+        chains += [(n, [prepare, multitask, report]) for n in cfg.multitask_experiments]
+        t0 = time.perf_counter()
+        for exp, stages in chains:
+            with open_dict(cfg):
+                cfg.exp = exp
+            for stage in stages:
+                name = stage.__name__.rsplit(".", 1)[1]
+                first, start = len(FITS), time.perf_counter()
+                records = stage.run(cfg)
+                seconds, fits = time.perf_counter() - start, FITS[first:]
+                runs = len(records) if isinstance(records, list) else len(fits)  # prepare/extract/report: 0
+                table.add(exp, name, runs, seconds, fits)
+                if name in ("finetune", "multitask"):
+                    for label, n, sec, part_fits in parts(name, cfg, records, fits, seconds):
+                        table.add(exp, f"  {label}", n, sec, part_fits)
+        total = time.perf_counter() - t0
+    budgets = "--quick" if args.quick else "default budgets"
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}; {budgets}")
+    table.print(total)
+    print("run s: stage wall time, or the result records' seconds for a part; x plain = run s / plain s (see the module docstring)")
+
+
+if __name__ == "__main__":
+    main()
