@@ -91,15 +91,12 @@ def run_ours(cfg, ts, data, arch, epochs):
     t0 = time.perf_counter()
     result = fit(module, data, pre, trainer_cfg, pre.seed, callbacks=[timer])
     total = time.perf_counter() - t0
-    return {
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "loop_s": timer.seconds,
-        "cpu_s": timer.cpu,
-        "total_s": total,
-        "val_acc": result.best_val,
-        "test_acc": result.test["test/acc"],
-    }
+    return timed(result.steps, result.epochs, timer, total, result.best_val, result.test["test/acc"])
+
+
+def timed(steps: int, epochs: int, timer, total: float, val_acc: float, test_acc: float) -> dict:
+    """One Lightning-driven run's figures, as every runner reports them."""
+    return {"steps": steps, "epochs": epochs, "loop_s": timer.seconds, "cpu_s": timer.cpu, "total_s": total, "val_acc": val_acc, "test_acc": test_acc}
 
 
 def run_plain(cfg, ts, data, arch, epochs):
@@ -199,15 +196,7 @@ def run_bare(cfg, ts, data, arch, epochs):
         t0 = time.perf_counter()
         tr.fit(module, train, val)
         total = time.perf_counter() - t0
-    return {
-        "steps": tr.global_step,
-        "epochs": tr.current_epoch,
-        "loop_s": timer.seconds,
-        "cpu_s": timer.cpu,
-        "total_s": total,
-        "val_acc": module.best,
-        "test_acc": float("nan"),
-    }
+    return timed(tr.global_step, tr.current_epoch, timer, total, module.best, float("nan"))
 
 
 RUNNERS = {"ours": run_ours, "plain": run_plain, "bare": run_bare}
