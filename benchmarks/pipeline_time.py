@@ -1,4 +1,4 @@
-"""Where the default study's time goes: every stage's run(cfg) in one process, next to a plain PyTorch loop.
+"""Where the default study's time goes: every stage's run(cfg) in this process, next to a plain PyTorch loop.
 
 Composes conf/ as `dvc repro` does (default budgets; artifacts, reports and the MLflow SQLite store in a
 temporary directory, so the repository is untouched), then runs prepare/pretrain/extract/finetune/report
@@ -6,18 +6,23 @@ for every experiment in `experiments` and prepare/multitask/report for every one
 `multitask_experiments`. Printed per stage x experiment, and inside finetune per strategy (summed over
 budgets and seeds), inside multitask per scheme+weighting (summed over seeds and coupling candidates):
 
-  run s    the stage's wall time, or the `seconds` of the result records the stage returns
-  fit s    time inside pipeline.training.fit (Trainer, training, validation, test); the rest of `run s`
-           is MLflow run creation, model building and such
-  steps    optimizer steps, from the FitResult of every fit() call (the records carry only best_epoch)
+  run s    the stage's wall time; for a part, the `seconds` of its result records (each run's own time,
+           summed over runs that trained side by side on `trainer.workers` processes)
+  fit s    time inside pipeline.training.fit (Trainer, training, validation, test), summed over runs
+  steps    optimizer steps, from the FitResult of every fit() call
   plain s  the same steps in a plain loop: the same net (a copy), batch size and training tensors,
            AdamW, one thread, summed task losses (+ the net's penalty), no validation; 200 steps timed
-           once per experiment x strategy/scheme x batch size and scaled by the step count
-  x plain  run s / plain s: what our pipeline pays per step over the bare optimisation. For weightings
-           other than equal the plain loop still sums the losses, so the factor includes the method's
-           own extra work (per-task backward passes of mgda, pcgrad, ...)
+           once per process x net shapes x batch size, right after the first such fit, and scaled by
+           the step count (that timing runs inside the stage and is printed below the table)
+  x plain  run s / plain s: for a part, what our pipeline pays per step over the bare optimisation
+           (for weightings other than equal the plain loop still sums the losses, so the factor
+           includes the method's own extra work: per-task backward passes of mgda, pcgrad, ...); for
+           a stage, its wall time over one process's plain loop, so the workers' gain shows in it
 
-    PYTHONPATH=src python benchmarks/pipeline_time.py [--exp NAME ...] [--quick]
+    PYTHONPATH=src python benchmarks/pipeline_time.py [--exp NAME ...] [--quick] [--workers N]
+
+`--workers 1` trains every run in the stage's process, one after another: the time before
+pipeline.training.parallel, measured on the same code.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_STEPS = 200
-FITS: list[dict] = []  # one entry per fit() call, appended by the wrapper from record_fits()
+FITS: list[dict] = []  # one entry per fit() call, appended by the wrappers from record_fits()
+PLAIN: dict[tuple, float] = {}  # seconds per plain-loop step, per process x net shapes x batch size
 CLASSIC: list[float] = []  # seconds of each multitask stage's scikit-learn baselines (their records carry none)
 
 
@@ -63,29 +70,50 @@ def compose_cfg(tmp: Path, quick: bool, only: list[str]):
 
 
 def record_fits() -> None:
-    """Wrap pipeline.training.fit (the stages import it inside run()) to keep each call's time, steps and inputs."""
+    """Wrap pipeline.training.fit (the stages import it inside run()) to keep each call's time and steps, and
+    the plain loop's seconds per step on the same net and tensors, timed right after the fit in the process
+    that ran it: a stage's runs train in forked workers (pipeline.training.parallel), whose nets stay there.
+    What a worker's fits kept comes back with the job's result, taken by the wrapped `jobs`."""
     import pipeline.training as training
+    import pipeline.training.parallel as parallel
 
-    real = training.fit
+    real, real_jobs = training.fit, parallel.jobs
+    in_jobs = [False]
 
     def timed(module, data, run, settings, seed, **kwargs):
         start = time.perf_counter()
         result = real(module, data, run, settings, seed, **kwargs)
+        seconds = time.perf_counter() - start
         x, y = data["train"]
-        FITS.append(
-            {
-                "seconds": time.perf_counter() - start,
-                "steps": result.steps,
-                "net": module.net,
-                "tasks": module.tasks,
-                "x": x,
-                "y": y,
-                "bs": min(run.batch_size, len(x)),
-            }
-        )
+        bs = min(run.batch_size, len(x))
+        # Timed once per process x architecture (trainable shapes) x batch size: weightings and seeds share it.
+        key = (type(module.net).__name__, tuple((tuple(p.shape), p.requires_grad) for p in module.net.parameters()), bs, x.shape[1], len(y))
+        timing = 0.0
+        if key not in PLAIN:
+            t0 = time.perf_counter()
+            PLAIN[key] = plain_step_seconds(module.net, module.tasks, x, y, bs)
+            timing = time.perf_counter() - t0
+        result.bench = {"seconds": seconds, "steps": result.steps, "plain": PLAIN[key] * result.steps, "timing": timing}
+        if not in_jobs[0]:
+            FITS.append(result.bench)
         return result
 
-    training.fit = timed
+    @contextmanager
+    def taken(fn, context, job_list, workers):
+        in_jobs[0] = True
+        try:
+            with real_jobs(fn, context, job_list, workers) as outs:
+
+                def each():
+                    for out in outs:
+                        FITS.append(out["result"].bench)
+                        yield out
+
+                yield each()
+        finally:
+            in_jobs[0] = False
+
+    training.fit, parallel.jobs = timed, taken
 
     import pipeline.stages.multitask as multitask  # run() calls its module-level classic() by name
 
@@ -100,16 +128,16 @@ def record_fits() -> None:
     multitask.classic = timed_classic
 
 
-def plain_step_seconds(fit: dict) -> float:
-    """Seconds per optimizer step of a plain loop over fit's net, tensors and batch size (200 steps timed after 20 of warm-up)."""
+def plain_step_seconds(net, tasks, x, y, bs: int) -> float:
+    """Seconds per optimizer step of a plain loop over the net, tensors and batch size (200 steps timed after 20 of warm-up)."""
     import torch
 
     from pipeline.training.metrics import masked_losses
     from pipeline.training.module import outputs
 
-    net = fit["net"].train()  # the trained net itself: timed after every stage has finished with it
+    kept, mode = {k: v.clone() for k, v in net.state_dict().items()}, net.training  # the stage saves the trained net
+    net.train()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
-    x, y, bs, tasks = fit["x"], fit["y"], fit["bs"], fit["tasks"]
     gen = torch.Generator().manual_seed(0)
     for i in range(20 + PLAIN_STEPS):
         if i == 20:
@@ -123,7 +151,10 @@ def plain_step_seconds(fit: dict) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return (time.perf_counter() - start) / PLAIN_STEPS
+    seconds = (time.perf_counter() - start) / PLAIN_STEPS
+    net.load_state_dict(kept)
+    net.train(mode)
+    return seconds
 
 
 def parts(stage: str, cfg, records, fits: list[dict], seconds: float) -> list[tuple[str, int, float, list[dict]]]:
@@ -140,30 +171,21 @@ def parts(stage: str, cfg, records, fits: list[dict], seconds: float) -> list[tu
             label, n = r["strategy"], 1  # fit() calls come in record order: strategy x budget x seed
         else:
             label, n = f"{r['scheme']}+{r['weighting']}", len(auto_candidates(cfg.multitask.archs[r["scheme"]]))
+        taken = [next(calls) for _ in range(n)]
         out[label][0] += 1
-        out[label][1] += r.get("seconds", 0.0)
-        out[label][2] += [next(calls) for _ in range(n)]
+        out[label][1] += r.get("seconds", 0.0) - sum(f["timing"] for f in taken)  # less this benchmark's own plain loop
+        out[label][2] += taken
     if "sklearn baselines (fits)" in out:
         out["sklearn baselines (fits)"][1] = CLASSIC[-1]
-    out["rest (setup, MLflow, I/O)"] = [None, seconds - sum(v[1] for v in out.values()), []]
     return [(label, *v) for label, v in out.items()]
 
 
 class Table:
     def __init__(self) -> None:
-        self.plain: dict[tuple, float] = {}  # (experiment, net type and shapes, batch size) -> seconds per plain step
         self.rows: list[tuple] = []
 
     def plain_seconds(self, exp: str, fits: list[dict]) -> float:
-        total = 0.0
-        for f in fits:
-            # Timed once per architecture (trainable shapes) and batch size: weightings and seeds share it.
-            shapes = tuple((tuple(p.shape), p.requires_grad) for p in f["net"].parameters())
-            key = (exp, type(f["net"]).__name__, shapes, f["bs"], f["x"].shape[1])
-            if key not in self.plain:
-                self.plain[key] = plain_step_seconds(f)
-            total += self.plain[key] * f["steps"]
-        return total
+        return sum(f["plain"] for f in fits)
 
     def add(self, exp: str, name: str, runs: int, seconds: float, fits: list[dict]) -> None:
         self.rows.append((exp, name, runs, seconds, fits))
@@ -197,6 +219,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", action="append", default=[], help="only this experiment (repeatable)")
     p.add_argument("--quick", action="store_true", help="2 epochs, seed 0, one budget, no sklearn baselines: does it run (about a minute)")
+    p.add_argument("--workers", type=int, default=None, help="trainer.workers (default: conf/, 0 = one per core)")
     args = p.parse_args(argv)
 
     import torch
@@ -213,6 +236,8 @@ def main(argv=None) -> None:
     table = Table()
     with tempfile.TemporaryDirectory(prefix="pipeline-time-") as tmp:
         cfg = compose_cfg(Path(tmp), args.quick, args.exp)
+        if args.workers is not None:
+            cfg.trainer.workers = args.workers
         chains = [(n, [prepare, pretrain, extract, finetune, report]) for n in cfg.experiments]
         chains += [(n, [prepare, multitask, report]) for n in cfg.multitask_experiments]
         t0 = time.perf_counter()
@@ -231,9 +256,13 @@ def main(argv=None) -> None:
                         table.add(exp, f"  {label}", n, sec, part_fits)
         total = time.perf_counter() - t0
     budgets = "--quick" if args.quick else "default budgets"
-    print(f"\ntorch {torch.__version__}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}; {budgets}")
+    from pipeline.training.parallel import worker_count
+
+    workers = worker_count(cfg.trainer.workers, 1_000_000, cfg.trainer.accelerator)
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, {workers} worker(s); {budgets}")
     table.print(total)
     print("run s: stage wall time, or the result records' seconds for a part; x plain = run s / plain s (see the module docstring)")
+    print(f"plain-loop timing inside the stages: {sum(f['timing'] for f in FITS):.1f} s over {workers} process(es)")
 
 
 if __name__ == "__main__":

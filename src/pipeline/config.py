@@ -25,6 +25,7 @@ class TrainerConfig:
 
     accelerator: str = MISSING
     num_threads: int | None = MISSING  # torch threads; null = torch's default
+    workers: int = MISSING  # processes training a stage's independent runs side by side; 0 = one per core
     progress_bar: bool = MISSING
     deterministic: bool = MISSING
     val_every_n_epochs: int = MISSING

@@ -132,12 +132,8 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         import time
 
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        self.log_recorded(run_id, [(k, float(v), step, now) for k, v in metrics.items()])
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
@@ -145,40 +141,13 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, subdir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), subdir)
 
-    def lightning_logger(self, run_id: str):
-        """Lightning's MLflow logger writing into our run, its metrics sent in one batch at the end."""
-        return _buffered_logger_class()(experiment_name=self.scenario, tracking_uri=self.uri, run_id=run_id)
+    def log_recorded(self, run_id: str, recorded) -> None:
+        """Metrics a `pipeline.training.fit.Recorder` kept during training: (key, value, step, ms)."""
+        from mlflow.entities import Metric
+
+        items = [Metric(k, v, ms, step) for k, v, step, ms in recorded]
+        for i in range(0, len(items), 1000):  # MLflow's per-call limit
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
-
-
-@functools.lru_cache(maxsize=1)
-def _buffered_logger_class():
-    from lightning.pytorch.loggers import MLFlowLogger
-    from lightning.pytorch.utilities import rank_zero_only
-    from mlflow.entities import Metric
-
-    class BufferedMLFlowLogger(MLFlowLogger):
-        """Each SQLite write is a transaction (~10 ms here) and MLflow's async queue blocks on
-        flushes, so per-epoch metrics are kept in memory and written with one `log_batch`."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self._buffer: list = []
-
-        @rank_zero_only
-        def log_metrics(self, metrics, step=None) -> None:
-            import time
-
-            now = int(time.time() * 1000)
-            self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
-
-        @rank_zero_only
-        def finalize(self, status: str = "success") -> None:
-            for i in range(0, len(self._buffer), 1000):
-                self.experiment.log_batch(self.run_id, metrics=self._buffer[i : i + 1000])
-            self._buffer = []
-            # The stage ends the run itself once test metrics are in; Lightning would end it after fit.
-
-    return BufferedMLFlowLogger

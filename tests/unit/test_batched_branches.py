@@ -127,3 +127,25 @@ def test_initialisation_follows_nn_linear():
         assert w.abs().max() > 0.95 * bound  # uniform over the whole range, not a narrower one
         torch.testing.assert_close(w.std().item(), bound / 3**0.5, rtol=0.05, atol=0)  # U(-a, a) has std a / sqrt(3)
         assert not torch.equal(w[0], w[1])
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+@pytest.mark.parametrize("pattern", ["mixed", "long", "wide"])
+def test_losses_of_stacked_outputs_equal_the_per_task_loop(kind, pattern):
+    """Tasks of one kind and width take masked_losses' one-gather path: the same per-task values and
+    gradients as the loop over tasks, and an absent task is still 0 with no graph."""
+    tasks = [TaskSpec(f"t{t}", kind, None if kind == "regression" else ["a", "b", "c"]) for t in range(3)]
+    torch.manual_seed(0)
+    net = SingleTask(D, tasks, hidden=HIDDEN)
+    x, y = torch.randn(N, D), labels(pattern)
+    if kind == "classification":
+        y = torch.where(torch.isnan(y), y, y.abs().round().clamp(max=2))
+    out, _ = net(x, labelled=~torch.isnan(y))
+    assert out.full is not None
+    fast = masked_losses(tasks, out, y)
+    loop = masked_losses(tasks, list(out), y)  # a plain list: the loop
+    assert [loss.requires_grad for loss in fast] == [loss.requires_grad for loss in loop]
+    torch.testing.assert_close(torch.stack(fast), torch.stack(loop), atol=1e-6, rtol=1e-6)
+    grads = [torch.autograd.grad(sum(losses), list(net.parameters()), retain_graph=True) for losses in (fast, loop)]
+    for g_fast, g_loop in zip(*grads):
+        torch.testing.assert_close(g_fast, g_loop, atol=1e-6, rtol=1e-6)

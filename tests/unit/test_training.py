@@ -17,7 +17,9 @@ from pipeline.data import TaskSpec
 from pipeline.models import architecture, build
 from pipeline.training import TaskModule, TensorLoader, selection_score, trainer
 
-SETTINGS = TrainerConfig(accelerator="cpu", num_threads=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0)
+SETTINGS = TrainerConfig(
+    accelerator="cpu", num_threads=1, workers=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+)
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 7])

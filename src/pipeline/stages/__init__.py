@@ -79,7 +79,7 @@ def pick(selected: Any, available: Iterable[Any], what: str) -> list:
 
 # Trainer settings that cannot change a run's results: left out of the config digests, so that
 # toggling them does not make earlier results look stale.
-NO_EFFECT = ("progress_bar",)
+NO_EFFECT = ("progress_bar", "workers")
 
 
 def config_dict(cfg: DictConfig, *keys: str) -> dict:

@@ -1,6 +1,7 @@
 """finetune: the target task learned from few labels by each transfer strategy.
 
-One MLflow run per strategy x label budget x seed, all in this one process (start-up is paid once).
+One MLflow run per strategy x label budget x seed, trained side by side on the machine's cores
+(`pipeline.training.parallel`, start-up paid once) and logged by this process.
 `strategy`, `budget` and `seed` select one value each (Hydra multirun sweeps them); null runs all.
 The seed fixes both the initialisation and which k labels per class are drawn, so at one seed every
 strategy sees the same labelled examples and their differences are paired.
@@ -105,28 +106,46 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
     return records
 
 
+def train_one(c: dict, job: tuple) -> dict:
+    """One run (strategy, budget, seed) on the stage's target `c`; in a worker process or this one
+    (`pipeline.training.parallel`)."""
+    import torch
+
+    from pipeline.stages.pretrain import split_tensors
+    from pipeline.training import TaskModule, fit
+
+    strategy_name, k, seed = job
+    tgt, tcfg = c["tgt"], c["tcfg"]
+    task = tgt.tasks[0]
+    index = budget_index(tgt.y[:, 0], tgt.splits, task.kind, k, seed, tcfg.val_labels)
+    torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
+    plan = c["strategies"][strategy_name].build(c["ctx"], tcfg.lr)
+    inputs = c["features"] if plan.inputs == "features" else tgt.x
+    start = time.perf_counter()
+    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(c["optimizer"], "optimizer"), plan.extra_loss)
+    result = fit(module, split_tensors(tgt, inputs, index), tcfg, c["trainer"], seed)
+    return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"])}
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
     # User input first: a mistake in it is reported before torch and Lightning load.
     trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
-    strategies, linear = selected(cfg)
+    strategy_names, linear = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
-    val_labels = tcfg.val_labels
-    if val_labels not in ("budget", "all"):
-        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {val_labels!r}")
+    if tcfg.val_labels not in ("budget", "all"):
+        raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {tcfg.val_labels!r}")
 
     import numpy as np
-    import torch
 
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
-    from pipeline.stages.pretrain import split_tensors
     from pipeline.tracking import Tracker, digest
-    from pipeline.training import TaskModule, fit
+    from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext
 
     paths = layout(cfg, name)
@@ -135,42 +154,50 @@ def run(cfg: DictConfig) -> list[dict]:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
-    y = tgt.y[:, 0]
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
-    tracker = Tracker(name, cfg.tracking.uri)
+    strategies = {s: instantiate(cfg.transfer.strategies[s], f"transfer strategy {s}") for s in strategy_names}
+    # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed).
+    plans = {s: strategy.build(ctx, tcfg.lr) for s, strategy in strategies.items()}
+    context = {
+        "tgt": tgt,
+        "tcfg": tcfg,
+        "trainer": trainer_cfg,
+        "optimizer": cfg.optimizer,
+        "strategies": strategies,
+        "ctx": ctx,
+        "features": features,
+    }
+    job_list = [(s, k, seed) for s in strategy_names for k in budgets for seed in seeds]
     metric = task.primary
     results = []
-    for strategy_name in strategies:
-        strategy_cfg = cfg.transfer.strategies[strategy_name]
-        strategy = instantiate(strategy_cfg, f"transfer strategy {strategy_name}")
-        for k in budgets:
-            for seed in seeds:
-                index = budget_index(y, tgt.splits, task.kind, k, seed, val_labels)
-                torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
-                plan = strategy.build(ctx, tcfg.lr)
-                inputs = features if plan.inputs == "features" else tgt.x
-                params = run_params(cfg, strategy_name)
-                uses_source = bool(plan.copied) or plan.inputs == "features"
-                tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
-                lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}
-                with tracker.run(
-                    "finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags=tags, **lineage
-                ) as run_id:
-                    start = time.perf_counter()
-                    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(cfg.optimizer, "optimizer"), plan.extra_loss)
-                    result = fit(module, split_tensors(tgt, inputs, index), tcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
-                    seconds = time.perf_counter() - start
-                    tracker.log_metrics(
-                        run_id,
-                        {
-                            "fit/best_epoch": result.best_epoch,
-                            "fit/seconds": seconds,
-                            "fit/n_train": len(index["train"]),
-                            "fit/n_copied": len(plan.copied),
-                            "fit/n_frozen": len(plan.frozen),
-                        },
-                    )
-                record = {
+    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
+        tracker = Tracker(name, cfg.tracking.uri)
+        if linear:  # fitted here while the workers train
+            linear_results = fit_linear(cfg, name, tgt, budgets, seeds, tracker)
+        for strategy_name, k, seed in job_list:
+            plan = plans[strategy_name]
+            params = run_params(cfg, strategy_name)
+            uses_source = bool(plan.copied) or plan.inputs == "features"
+            tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
+            lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}
+            with tracker.run(
+                "finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags=tags, **lineage
+            ) as run_id:
+                out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
+                result, seconds = out["result"], out["seconds"]
+                tracker.log_recorded(run_id, result.logged)
+                tracker.log_metrics(
+                    run_id,
+                    {
+                        "fit/best_epoch": result.best_epoch,
+                        "fit/seconds": seconds,
+                        "fit/n_train": out["n_train"],
+                        "fit/n_copied": len(plan.copied),
+                        "fit/n_frozen": len(plan.frozen),
+                    },
+                )
+            results.append(
+                {
                     "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
                     "strategy": strategy_name,
                     "budget": int(k),
@@ -178,16 +205,17 @@ def run(cfg: DictConfig) -> list[dict]:
                     "run_id": run_id,
                     "test": result.test,
                     "best_epoch": result.best_epoch,
+                    "steps": result.steps,
                     "seconds": round(seconds, 2),
-                    "n_train": int(len(index["train"])),
+                    "n_train": int(out["n_train"]),
                 }
-                results.append(record)
-                print(
-                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
-                    flush=True,
-                )
+            )
+            print(
+                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
+                flush=True,
+            )
     if linear:
-        results += fit_linear(cfg, name, tgt, budgets, seeds, tracker)
+        results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)

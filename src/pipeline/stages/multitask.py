@@ -1,7 +1,8 @@
 """multitask: several tasks trained jointly, one sharing scheme x one weighting method per run,
 next to the single-task baseline and classic scikit-learn baselines fitted on the same splits.
 
-One MLflow run per scheme x weighting x seed, all in this process. `scheme`, `weighting` and `seed`
+One MLflow run per scheme x weighting x seed (x coupling candidate), trained side by side on the
+machine's cores (`pipeline.training.parallel`) and logged by this process. `scheme`, `weighting` and `seed`
 select one value each (Hydra multirun sweeps them); null runs the experiment's grid: every scheme
 with equal weights, and every weighting on the schemes in `weightings_on`. A weighting that needs
 shared parameters is skipped for schemes that share none (asked for explicitly, that pair is an
@@ -138,6 +139,25 @@ def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
     }
 
 
+def train_candidate(c: dict, job: tuple) -> dict:
+    """One run (scheme, weighting, seed, arch candidate) on the stage's task set `c`; in a worker
+    process or this one (`pipeline.training.parallel`)."""
+    import torch
+
+    from pipeline.multitask.weighting import build
+    from pipeline.training import TaskModule, fit
+
+    scheme, wname, seed, arch = job
+    ts, mcfg = c["ts"], c["mcfg"]
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
+    weighting = build(c["mt"].weightings[wname], n_tasks=len(ts.tasks))
+    module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(c["optimizer"], "optimizer"), weighting)
+    result = fit(module, c["data"], mcfg, c["trainer"], seed)
+    return {"result": result, "history": module.history, "seconds": time.perf_counter() - start}
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
@@ -150,39 +170,63 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from pipeline.data import TaskSet
     from pipeline.io import write_json
-    from pipeline.multitask.weighting import build
     from pipeline.tracking import Tracker, digest
-    from pipeline.training import TaskModule, fit
+    from pipeline.training.parallel import jobs, worker_count
 
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     mt = cfg.multitask
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
-    tracker = Tracker(name, cfg.tracking.uri)
     x, y = torch.as_tensor(ts.x), torch.as_tensor(ts.y)
-    data = {s: (x[i], y[i]) for s, i in ts.splits.items()}
-    results = []
-    for (scheme, wname), seed in itertools.product(pairs, seeds):
-        start = time.perf_counter()
-        candidates = []
-        for arch in auto_candidates(mt.archs[scheme]):
-            torch.manual_seed(seed)
-            net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
-            weighting = build(mt.weightings[wname], n_tasks=len(ts.tasks))
-            module = TaskModule(
-                net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(cfg.optimizer, "optimizer"), weighting
-            )
-            params = {
-                "multitask": run_params(cfg, scheme, wname)["multitask"],
-                "arch": arch,
-                "weighting": OmegaConf.to_container(mt.weightings[wname]),
-                "optimizer": OmegaConf.to_container(cfg.optimizer),
-            }
-            method = f"{scheme}+{wname}"
-            tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
-            with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
-                res = fit(module, data, mcfg, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
+    context = {
+        "ts": ts,
+        "mt": mt,
+        "mcfg": mcfg,
+        "trainer": trainer_cfg,
+        "optimizer": cfg.optimizer,
+        "data": {s: (x[i], y[i]) for s, i in ts.splits.items()},
+    }
+    # One job per run: every coupling candidate of every scheme x weighting x seed.
+    groups = [((scheme, wname, seed), auto_candidates(mt.archs[scheme])) for (scheme, wname), seed in itertools.product(pairs, seeds)]
+    job_list = [(*key, arch) for key, archs in groups for arch in archs]
+    classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
+    results, skipped = [], None
+    with jobs(train_candidate, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
+        tracker = Tracker(name, cfg.tracking.uri)
+        if classic_wanted:
+            # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
+            # the neural runs they are compared with.
+            fitted, skipped = classic(ts, mcfg.classic)
+            for c in fitted:
+                method = f"{c['scheme']}+sklearn"
+                with tracker.run(
+                    "multitask",
+                    variant=method,
+                    data_hash=ts.data_hash,
+                    params={"classic": c["params"]},
+                    tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
+                ) as run_id:
+                    tracker.log_metrics(run_id, c["test"])
+                    c["run_id"] = run_id
+                c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
+                print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
+        neural = []
+        for (scheme, wname, seed), archs in groups:
+            candidates = []
+            for arch in archs:
+                params = {
+                    "multitask": run_params(cfg, scheme, wname)["multitask"],
+                    "arch": arch,
+                    "weighting": OmegaConf.to_container(mt.weightings[wname]),
+                    "optimizer": OmegaConf.to_container(cfg.optimizer),
+                }
+                method = f"{scheme}+{wname}"
+                tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
+                with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
+                    out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
+                    res = out["result"]
+                    tracker.log_recorded(run_id, res.logged)
                 candidates.append(
                     {
                         "scheme": scheme,
@@ -193,38 +237,24 @@ def run(cfg: DictConfig) -> list[dict]:
                         "test": res.test,
                         "best_val": res.best_val,
                         "best_epoch": res.best_epoch,
-                        "history": module.history,
+                        "steps": res.steps,
+                        "seconds": out["seconds"],
+                        "history": out["history"],
                     }
                 )
-        chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
-        if len(candidates) > 1:
-            tracker.client.set_tag(chosen["run_id"], "selected", "true")
-        chosen["seconds"] = round(time.perf_counter() - start, 2)
-        chosen["config_digest"] = digest({**run_params(cfg, scheme, wname), "data_hash": ts.data_hash})
-        results.append(chosen)
-        print(
-            f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
-            f"{chosen['seconds']:5.1f}s",
-            flush=True,
-        )
-    skipped = None
-    if cfg.get("scheme") is None and cfg.get("weighting") is None:
-        fitted, skipped = classic(ts, mcfg.classic)
-        for c in fitted:
-            # Deterministic fits: one MLflow run each, next to the neural runs it is compared with.
-            method = f"{c['scheme']}+sklearn"
-            with tracker.run(
-                "multitask",
-                variant=method,
-                data_hash=ts.data_hash,
-                params={"classic": c["params"]},
-                tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
-            ) as run_id:
-                tracker.log_metrics(run_id, c["test"])
-                c["run_id"] = run_id
-            c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
-            results.append(c)
-            print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
+            chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
+            if len(candidates) > 1:
+                tracker.client.set_tag(chosen["run_id"], "selected", "true")
+            # The time and steps of every candidate: what this scheme x weighting x seed cost.
+            chosen = {**chosen, "seconds": round(sum(c["seconds"] for c in candidates), 2), "steps": sum(c["steps"] for c in candidates)}
+            chosen["config_digest"] = digest({**run_params(cfg, scheme, wname), "data_hash": ts.data_hash})
+            neural.append(chosen)
+            print(
+                f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
+                f"{chosen['seconds']:5.1f}s",
+                flush=True,
+            )
+        results = neural + (fitted if classic_wanted else [])
     # Written once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.multitask / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)

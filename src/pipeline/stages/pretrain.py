@@ -55,7 +55,8 @@ def run(cfg: DictConfig) -> dict:
     with tracker.run("pretrain", variant="source", seed=seed, data_hash=src.data_hash, params=params) as run_id:
         start = time.perf_counter()
         module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
-        result = fit(module, split_tensors(src), pre, trainer_cfg, seed, logger=tracker.lightning_logger(run_id))
+        result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
+        tracker.log_recorded(run_id, result.logged)
         seconds = time.perf_counter() - start
         at_cap = best_epoch_at_cap(result.best_epoch, pre.max_epochs, trainer_cfg.val_every_n_epochs)
         tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/best_epoch_at_cap": float(at_cap)})

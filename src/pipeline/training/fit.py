@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.loggers import Logger
 
 from pipeline.config import FitConfig, TrainerConfig
 from pipeline.training.loader import TensorLoader
@@ -34,6 +35,33 @@ class _MemoryCheckpointIO(CheckpointIO):
         self.saved.pop(str(path), None)
 
 
+class Recorder(Logger):
+    """Keeps what Lightning and the module log, as (key, value, step, time in ms), for the stage to
+    send to its MLflow run in one batch: a run may train in a worker process (`parallel`), which
+    must not write the store, and each SQLite write is a transaction (~10 ms here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[str, float, int, int]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.metrics.extend((k, float(v), int(step or 0), now) for k, v in metrics.items())
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # the stage logs a run's configuration itself
+
+
 @dataclass
 class FitResult:
     test: dict[str, float]
@@ -41,6 +69,7 @@ class FitResult:
     epochs: int
     steps: int
     best_val: float | None = None  # the monitored validation metric at the kept epoch
+    logged: list[tuple[str, float, int, int]] = field(default_factory=list)  # Recorder.metrics, for the run's MLflow log
 
 
 def quiet() -> None:
@@ -52,6 +81,8 @@ def quiet() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # TorchJD's Nash-MTL solver, once per run and worker: says solves are not cached, nothing about the run.
+    warnings.filterwarnings("ignore", message=".*not DPP.*")
 
 
 def trainer(
@@ -84,7 +115,6 @@ def fit(
     run: FitConfig,
     settings: TrainerConfig,
     seed: int,
-    logger=None,
     callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
     """Train on data['train'] with `run`'s budget, keep the epoch with the best validation metric, test it.
@@ -92,6 +122,7 @@ def fit(
     `module.monitor()` names the validation metric that selects the epoch and whether it is
     maximised; the module's test_step leaves its metrics in `module.test_results`. `callbacks` run
     next to model selection and early stopping (benchmarks/training_loop.py times the loop with one).
+    What the module logs is kept in the result (`logged`); nothing is written anywhere.
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -103,7 +134,8 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
         ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
         stop = EarlyStopping(monitor=monitor, mode=mode, patience=run.patience)
-        tr = trainer(settings, run.max_epochs, logger=logger, callbacks=[ckpt, stop, *callbacks])
+        recorder = Recorder()
+        tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks])
         store = tr.strategy.checkpoint_io = _MemoryCheckpointIO()
         tr.fit(module, train, whole("val"))
         best = store.load_checkpoint(ckpt.best_model_path)
@@ -111,4 +143,6 @@ def fit(
         best_epoch = int(best.get("epoch", tr.current_epoch))
         tr.test(module, whole("test"), verbose=False)
     best_val = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return FitResult(test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step, best_val=best_val)
+    return FitResult(
+        test=module.test_results, best_epoch=best_epoch, epochs=tr.current_epoch, steps=tr.global_step, best_val=best_val, logged=recorder.metrics
+    )

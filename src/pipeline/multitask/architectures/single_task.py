@@ -70,6 +70,16 @@ class Branches(nn.Module):
         return full
 
 
+class Stacked(list):
+    """Per-task outputs that are views of one tensor `full` [T, N, d] (NaN where not computed):
+    `pipeline.training.masked_losses` reads every labelled entry with one gather instead of a
+    Python loop over the T tasks."""
+
+    def __init__(self, outputs: Sequence[torch.Tensor], full: torch.Tensor) -> None:
+        super().__init__(outputs)
+        self.full = full
+
+
 class SingleTask(MultitaskNet):
     name = "single_task"
     routes_by_task = True
@@ -93,8 +103,8 @@ class SingleTask(MultitaskNet):
     def forward(self, x: torch.Tensor, labelled: torch.Tensor | None = None):
         """Per-task outputs [N, n_outputs_t]; with labelled [N, T] (bool), only the entries where it
         is True are computed and the others are NaN (see `Branches.routed`)."""
-        out = self.branches.routed(x.flatten(1), labelled).unbind(0)
-        return [o if k == o.shape[-1] else o[:, :k] for o, k in zip(out, self.n_outputs)], None
+        full = self.branches.routed(x.flatten(1), labelled)
+        return Stacked([o if k == o.shape[-1] else o[:, :k] for o, k in zip(full.unbind(0), self.n_outputs)], full), None
 
     def task_parameters(self, t: int) -> list[torch.Tensor]:
         """Task t's slices of the stacked parameters: views, not leaf tensors, so autograd cannot
