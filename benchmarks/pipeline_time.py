@@ -106,14 +106,37 @@ def record_fits() -> None:
 
                 def each():
                     for out in outs:
-                        FITS.append(out["result"].bench)
+                        FITS.extend(o["result"].bench for o in (out if isinstance(out, list) else [out]))
                         yield out
 
                 yield each()
         finally:
             in_jobs[0] = False
 
-    training.fit, parallel.jobs = timed, taken
+    import pipeline.training.members as members
+
+    real_members = members.fit_members
+
+    def timed_members(module, data, run, settings, seed):
+        # Members train as one stacked net: its plain loop is the same stacked net on the labels repeated
+        # per member, for as many steps as the longest member ran, shared out evenly.
+        start = time.perf_counter()
+        results, histories = real_members(module, data, run, settings, seed)
+        seconds, m = time.perf_counter() - start, module.members
+        x, y = data["train"]
+        bs = min(run.batch_size, len(x))
+        key = ("members", m, tuple(tuple(p.shape) for p in module.net.parameters()), bs, x.shape[1], len(y))
+        timing = 0.0
+        if key not in PLAIN:
+            t0 = time.perf_counter()
+            PLAIN[key] = plain_step_seconds(module.net, module.tasks, x, module.labels(y), bs)
+            timing = time.perf_counter() - t0
+        longest = max(r.steps for r in results)
+        for r in results:
+            r.bench = {"seconds": seconds / m, "steps": r.steps, "plain": PLAIN[key] * longest / m, "timing": timing / m}
+        return results, histories
+
+    training.fit, parallel.jobs, members.fit_members = timed, taken, timed_members
 
     import pipeline.stages.multitask as multitask  # run() calls its module-level classic() by name
 

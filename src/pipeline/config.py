@@ -62,6 +62,7 @@ class MultitaskConfig(FitConfig):
     weightings_on: list[str] | None = MISSING
     archs: dict[str, Any] = MISSING
     weightings: dict[str, Any] = MISSING
+    batch_candidates: bool = MISSING  # coupling candidates as members of one net where exact
 
 
 @dataclass

@@ -51,7 +51,6 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.knowledge import leep
     from pipeline.models import build, load_checkpoint
     from pipeline.tracking import Tracker
-    from pipeline.training import TaskModule, TensorLoader, trainer
 
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
@@ -61,12 +60,14 @@ def run(cfg: DictConfig) -> dict:
     net = build(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
-    module = TaskModule.single(net, src_task, [], optimizer=None)
-    x = torch.as_tensor(tgt.x)
-    loader = TensorLoader(x, torch.zeros(len(x), 1), batch_size=4096, shuffle=False)
-    batches = trainer(trainer_cfg, max_epochs=1, progress_bar=False).predict(module, loader)
-    feats = torch.cat([f for f, _ in batches]).numpy()
-    probs = torch.cat([p for _, p in batches]).numpy()
+    if trainer_cfg.num_threads:
+        torch.set_num_threads(int(trainer_cfg.num_threads))
+    # One forward pass in chunks: a Lightning Trainer here cost more to import than the pass itself.
+    with torch.inference_mode():
+        feats = torch.cat([net.backbone(chunk) for chunk in torch.as_tensor(tgt.x).split(4096)])
+        outputs = net.head(feats)
+    probs = (outputs.softmax(-1) if src_task.kind == "classification" else outputs).numpy()
+    feats = feats.numpy()
 
     task = tgt.tasks[0]
     y = tgt.y[:, 0]

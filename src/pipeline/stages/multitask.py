@@ -130,7 +130,7 @@ def run_params(cfg: DictConfig, scheme: str, wname: str) -> dict:
     mt = config_dict(cfg, "multitask")["multitask"]
     # Left out: what selects runs or reports on them, not how one run trains.
     fit_cfg = {k: v for k, v in config_dict(cfg, "trainer")["trainer"].items() if k not in NO_EFFECT}
-    fit_cfg |= {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic", "baseline", "weightings_on")}
+    fit_cfg |= {k: v for k, v in mt.items() if k not in ("archs", "weightings", "classic", "baseline", "weightings_on", "batch_candidates")}
     return {
         "multitask": fit_cfg,
         "arch": mt["archs"][scheme],
@@ -156,6 +156,45 @@ def train_candidate(c: dict, job: tuple) -> dict:
     module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(c["optimizer"], "optimizer"), weighting)
     result = fit(module, c["data"], mcfg, c["trainer"], seed)
     return {"result": result, "history": module.history, "seconds": time.perf_counter() - start}
+
+
+def train_members(c: dict, job: tuple) -> list[dict]:
+    """The coupling candidates of one scheme x weighting x seed as members of one stacked net
+    (`pipeline.training.members`): one result per candidate, each the run it would be alone."""
+    import torch
+
+    from pipeline.training.members import MembersModule, fit_members
+
+    scheme, wname, seed, archs = job
+    ts, mcfg = c["ts"], c["mcfg"]
+    start = time.perf_counter()
+    nets = []
+    for arch in archs:
+        torch.manual_seed(seed)  # every candidate starts from the seed's initialisation, as alone
+        nets.append(instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks))
+    net = type(nets[0]).members(nets)
+    params = [{"params": list(net.parameters()), "lr": mcfg.lr}]
+    module = MembersModule(net, ts.tasks, len(nets), params, instantiate(c["optimizer"], "optimizer"), mcfg.patience)
+    results, histories = fit_members(module, c["data"], mcfg, c["trainer"], seed)
+    seconds = (time.perf_counter() - start) / len(nets)
+    return [{"result": r, "history": h, "seconds": seconds} for r, h in zip(results, histories)]
+
+
+def train_job(c: dict, job: tuple):
+    """A job of the stage: one run, or (a list of archs) the candidates trained as members."""
+    return train_members(c, job) if isinstance(job[3], list) else train_candidate(c, job)
+
+
+def together(mt, scheme: str, wname: str, archs: list[dict]) -> bool:
+    """Whether the candidates can train as members of one net and be exactly their runs alone: a
+    scheme that stacks (`members`), equal weights (the loss is the sum of the members'), no dropout."""
+    from hydra.utils import get_class
+
+    from pipeline.multitask.weighting import build
+
+    if not mt.batch_candidates or len(archs) < 2 or any(a.get("dropout", 0) for a in archs):
+        return False
+    return hasattr(get_class(archs[0]["_target_"]), "members") and build(mt.weightings[wname], n_tasks=1).plain_sum
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -189,10 +228,11 @@ def run(cfg: DictConfig) -> list[dict]:
     }
     # One job per run: every coupling candidate of every scheme x weighting x seed.
     groups = [((scheme, wname, seed), auto_candidates(mt.archs[scheme])) for (scheme, wname), seed in itertools.product(pairs, seeds)]
-    job_list = [(*key, arch) for key, archs in groups for arch in archs]
+    batched = {key: together(mt, key[0], key[1], archs) for key, archs in groups}
+    job_list = [job for key, archs in groups for job in ([(*key, archs)] if batched[key] else [(*key, arch) for arch in archs])]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
     results, skipped = [], None
-    with jobs(train_candidate, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
+    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
         tracker = Tracker(name, cfg.tracking.uri)
         if classic_wanted:
             # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
@@ -213,8 +253,8 @@ def run(cfg: DictConfig) -> list[dict]:
                 print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
         neural = []
         for (scheme, wname, seed), archs in groups:
-            candidates = []
-            for arch in archs:
+            candidates, members = [], None
+            for i, arch in enumerate(archs):
                 params = {
                     "multitask": run_params(cfg, scheme, wname)["multitask"],
                     "arch": arch,
@@ -224,7 +264,11 @@ def run(cfg: DictConfig) -> list[dict]:
                 method = f"{scheme}+{wname}"
                 tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
                 with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
-                    out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
+                    if batched[(scheme, wname, seed)]:
+                        members = next(outs) if members is None else members  # a failed job raises here: its run ends FAILED
+                        out = members[i]
+                    else:
+                        out = next(outs)
                     res = out["result"]
                     tracker.log_recorded(run_id, res.logged)
                 candidates.append(

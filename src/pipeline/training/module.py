@@ -65,6 +65,16 @@ def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y:
     penalty = net.penalty()
     if penalty is not None:
         penalty.backward()
+    if weighting.plain_sum:
+        # What Weighting.backward does for equal weights, without listing parameters every step
+        # (a tenth of a single-task step of the default MLP): a task is present when its loss has a
+        # graph and is not exactly 0; with none present there is no backward pass at all.
+        stacked = torch.stack(losses)
+        present = torch.tensor([loss.requires_grad for loss in losses], device=stacked.device) & (stacked.detach() != 0)
+        if not bool(present.any()):
+            return losses, torch.zeros_like(stacked.detach())
+        stacked.sum().backward()
+        return losses, torch.ones_like(stacked.detach())
     weights = weighting.backward(losses, net.shared_parameters(), features, [net.task_parameters(t) for t in range(len(tasks))])
     return losses, weights
 
@@ -148,13 +158,17 @@ class TaskModule(L.LightningModule):
             if self._probe is None and self.log_gradient_cosine:
                 self._probe = (x, y)
             opt.zero_grad(set_to_none=True)
-            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, y)
+            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, self.labels(y))
             opt.step()
             # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
             d = torch.stack(losses).detach()
             self._sums = d if self._sums is None else self._sums + d
             self._weights = weights if self._weights is None else self._weights + weights
             self._steps += 1
+
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The label matrix the net's outputs are scored against (`members.MembersModule` repeats it per member)."""
+        return y
 
     def on_train_epoch_end(self) -> None:
         if not self._steps:
@@ -210,8 +224,10 @@ class TaskModule(L.LightningModule):
         values = {f"{prefix}/{k}": v for k, v in metrics.items()}
         values = {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(self.tasks, metrics), **loss}
         monitor = self.monitor()[0].replace("val/", f"{prefix}/")
-        self.log(monitor, values[monitor], batch_size=len(x))  # ModelCheckpoint and EarlyStopping read it
-        self._to_loggers({k: v for k, v in values.items() if k != monitor})
+        # ModelCheckpoint and EarlyStopping read the monitored value; the loggers get every value at
+        # this step (through self.log Lightning would log it one Lightning batch earlier, with `epoch`).
+        self.log(monitor, values[monitor], batch_size=len(x), logger=False)
+        self._to_loggers(values)
         return values
 
     def validation_step(self, batch, batch_idx):

@@ -10,6 +10,7 @@ labelled for one task, costs one network pass per row instead of T).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -98,7 +99,41 @@ class SingleTask(MultitaskNet):
         drops = [True] * (len(hidden) + len(head_hidden)) + [False]
         self.branches = Branches(len(self.tasks), dims, acts, drops, dropout)
         self.trunk_layers = len(hidden)
+        self.n_members = 1  # several nets stacked as one (`members`)
         self._views: tuple[tuple, list[list[torch.Tensor]]] = ((), [])
+
+    @classmethod
+    def members(cls, nets: Sequence[SingleTask]) -> SingleTask:
+        """M nets of this class and shape as one over M x T tasks, member m's task t at m * T + t:
+        their branches stacked, so the members train as one batched computation
+        (`pipeline.training.members`). The nets' weights are copied; `member_state` takes one out."""
+        first = nets[0]
+        shapes = {(type(n), tuple(tuple(p.shape) for p in n.branches.parameters())) for n in nets}
+        if len(shapes) != 1 or any(n.n_members != 1 for n in nets):
+            raise ValueError("members: the nets must be single nets of one class and shape")
+        first._views = ((), [])  # views of the parameters cannot be deep-copied
+        net = copy.deepcopy(first)
+        net.tasks, net.n_outputs = list(first.tasks) * len(nets), first.n_outputs * len(nets)
+        net.branches.n, net.n_members = first.branches.n * len(nets), len(nets)
+        for name in ("weights", "biases"):
+            for layer, p in enumerate(getattr(net.branches, name)):
+                p.data = torch.cat([getattr(n.branches, name)[layer].detach() for n in nets])
+        net.join_members(nets)
+        return net
+
+    def join_members(self, nets: Sequence[SingleTask]) -> None:
+        """What a subclass keeps per member besides the branches (soft: the couplings)."""
+
+    def member_state(self, m: int, members: int) -> list[torch.Tensor]:
+        """Member m's slices of the stacked parameters, copied."""
+        t = self.branches.n // members
+        return [p.detach()[m * t : (m + 1) * t].clone() for p in self.branches.parameters()]
+
+    def load_member_state(self, m: int, members: int, state: Sequence[torch.Tensor]) -> None:
+        t = self.branches.n // members
+        with torch.no_grad():
+            for p, kept in zip(self.branches.parameters(), state):
+                p[m * t : (m + 1) * t] = kept
 
     def forward(self, x: torch.Tensor, labelled: torch.Tensor | None = None):
         """Per-task outputs [N, n_outputs_t]; with labelled [N, T] (bool), only the entries where it

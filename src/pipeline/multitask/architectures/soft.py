@@ -7,7 +7,8 @@ so lambda = 0 gives independent models and lambda -> inf one shared trunk. The r
 depends on how related the tasks are (a fixed strong coupling hurts unrelated tasks), so
 `coupling: auto` lets the multitask stage pick it on validation data from `auto_grid`.
 No parameter is literally shared, so gradient-aggregation weightings do not apply to this scheme.
-The trunks are `SingleTask`'s stacked branches, so each sum over t is one reduction over the stacked dim.
+The trunks are `SingleTask`'s stacked branches, so each sum over t is one reduction over the stacked dim;
+several coupling candidates can train as the members of one net (`pipeline.training.members`).
 """
 
 from __future__ import annotations
@@ -36,29 +37,35 @@ class SoftSharing(SingleTask):
     ) -> None:
         super().__init__(input_dim, tasks, hidden, head_hidden, dropout, activation)
         self.coupling = float(coupling)
+        self.couplings = torch.tensor([self.coupling])  # one per member (`SingleTask.members`)
+
+    def join_members(self, nets) -> None:
+        self.couplings = torch.tensor([n.coupling for n in nets])
 
     def penalty(self):
-        if self.coupling == 0.0 or len(self.tasks) < 2:
+        t = len(self.tasks) // self.n_members
+        if t < 2 or not bool((self.couplings != 0).any()):
             return None
         b = self.branches  # trunk layers only: the heads stay free
         stacked = [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
-        return self.coupling * sum(Spread.apply(p) for p in stacked)
+        spreads = sum(Spread.apply(p.view(self.n_members, t, *p.shape[1:])) for p in stacked)  # one per member
+        return (self.couplings.to(spreads) * spreads).sum()
 
 
 class Spread(torch.autograd.Function):
-    """S(W) = sum_t ||W_t - mean_s W_s||^2 over the stacked dim 0, with its gradient in closed form:
-    dS/dW_t = 2 (W_t - mean) - (2/T) sum_s (W_s - mean) = 2 (W_t - mean), the centred W saved from the
-    forward pass. Autograd through the mean would take several more passes over the trunks' weights,
-    which at 63 tasks x [256, 128] cost more than the networks' own step."""
+    """S_m(W) = sum_t ||W_mt - mean_s W_ms||^2 for each member m of W [M, T, ...], with its gradient in
+    closed form: dS_m/dW_mt = 2 (W_mt - mean) - (2/T) sum_s (W_ms - mean) = 2 (W_mt - mean), the
+    centred W saved from the forward pass. Autograd through the mean would take several more passes
+    over the trunks' weights, which at 63 tasks x [256, 128] cost more than the networks' own step."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        centred = w - w.mean(0)
+        centred = w - w.mean(1, keepdim=True)
         ctx.save_for_backward(centred)
-        flat = centred.reshape(-1)
-        return torch.dot(flat, flat)
+        flat = centred.reshape(len(w), -1)
+        return (flat * flat).sum(1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (centred,) = ctx.saved_tensors
-        return centred * (2 * grad)
+        return centred * (2 * grad).view(-1, *[1] * (centred.ndim - 1))

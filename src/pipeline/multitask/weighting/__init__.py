@@ -80,6 +80,10 @@ class Weighting(nn.Module):
         shared, heads = _trainable(shared_params), [_trainable(ps) for ps in task_params]
         return self._backward(Step(losses, per_task, present, shared, features, heads)).detach()
 
+    # True when the update is the gradient of the plain sum of the losses (equal weights): the
+    # training step then back-propagates the sum itself, without this class's per-step bookkeeping.
+    plain_sum = False
+
     def _backward(self, step: Step) -> Tensor:
         """Populate the gradients from `step`; return the weights applied [T]. Absent tasks'
         parameters must get no gradient, as with autograd."""

@@ -14,6 +14,7 @@ from pipeline.multitask.weighting import Step, Weighting, weighted_sum_backward
 
 class Equal(Weighting):
     name = "equal"
+    plain_sum = True
 
     def _backward(self, step: Step) -> Tensor:
         return weighted_sum_backward(step.losses, torch.ones_like(step.losses))
