@@ -6,6 +6,8 @@ the batched, task-routed networks, side by side on the same batch and the same w
   long200       a generated long-format table: 200 tasks x 45 rows, 17 features, one label per row
 
 Both with hidden [256, 128] (conf/multitask/arch/*.yaml) and the multitask stage's batch of 256 rows.
+The last three columns time the whole training step, update included: the loop with AdamW's default
+CPU update (what ran before), the batched nets with the configured one (`optimizer.fused`).
 The old implementation lives only here, as the reference. Timed in interleaved blocks on this
 process's CPU time; the median block gives ms/step.
 
@@ -74,15 +76,21 @@ def scenarios(seed: int = 0):
     return out
 
 
-def make_step(net, tasks, x, y):
+def make_step(net, tasks, x, y, optimizer: dict | None = None):
+    """One step as backward_step takes it; with `optimizer` (AdamW keyword arguments) its update too."""
+    import torch
+
     from pipeline.multitask.weighting.equal import Equal
     from pipeline.training import backward_step
 
     weighting = Equal(len(tasks))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4, **optimizer) if optimizer is not None else None
 
     def step() -> None:
         net.zero_grad(set_to_none=True)
         backward_step(net, tasks, weighting, x, y)
+        if opt is not None:
+            opt.step()
 
     return step
 
@@ -106,14 +114,23 @@ def main(argv: list[str] | None = None) -> None:
     Loop = loop_nets()
     hidden = list(OmegaConf.load(CONF / "multitask" / "arch" / "soft.yaml").hidden)
     print(f"torch {torch.__version__}, CPU, {args.threads} thread(s), CPU time; hidden {hidden}, batch {args.batch}; median of {args.repeats} blocks")
-    print(f"{'data':<13} {'tasks':>5} {'scheme':<12} {'loop ms/step':>13} {'batched ms/step':>16} {'speed-up':>9}")
+    print(
+        f"{'data':<13} {'tasks':>5} {'scheme':<12} {'loop ms/step':>13} {'batched ms/step':>16} {'speed-up':>9}"
+        f" {'+AdamW loop':>13} {'+fused batched':>16} {'speed-up':>9}"
+    )
     for name, (x_all, y_all, tasks) in scenarios().items():
         rows = np.random.default_rng(0).choice(len(x_all), size=min(args.batch, len(x_all)), replace=False)
         x, y = x_all[rows], y_all[rows]
         for scheme, coupling in [("single_task", 0.0), ("soft", 1e-3)]:
             torch.manual_seed(0)
             new = SingleTask(x.shape[1], tasks, hidden) if scheme == "single_task" else SoftSharing(x.shape[1], tasks, hidden, coupling=coupling)
-            steps = {"loop": make_step(Loop(x.shape[1], tasks, hidden, coupling=coupling), tasks, x, y), "batched": make_step(new, tasks, x, y)}
+            loop_net = Loop(x.shape[1], tasks, hidden, coupling=coupling)
+            steps = {"loop": make_step(loop_net, tasks, x, y), "batched": make_step(new, tasks, x, y)}
+            # A whole training step: the loop with AdamW's default CPU update (as before), the batched
+            # net with the configured one (conf/config.yaml `optimizer`, fused).
+            fused = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").optimizer).items() if not k.startswith("_")}
+            fused.pop("weight_decay", None)
+            steps |= {"loop+update": make_step(loop_net, tasks, x, y, {}), "batched+update": make_step(new, tasks, x, y, fused)}
             for step in steps.values():
                 step()  # warm-up
             times = {k: [] for k in steps}
@@ -123,8 +140,13 @@ def main(argv: list[str] | None = None) -> None:
                     for _ in range(args.steps):
                         step()
                     times[k].append((time.process_time() - start) / args.steps * 1e3)
-            loop, batched = statistics.median(times["loop"]), statistics.median(times["batched"])
-            print(f"{name:<13} {len(tasks):>5} {scheme:<12} {loop:>13.1f} {batched:>16.2f} {loop / batched:>8.1f}x", flush=True)
+            ms = {k: statistics.median(v) for k, v in times.items()}
+            loop, batched, lu, bu = ms["loop"], ms["batched"], ms["loop+update"], ms["batched+update"]
+            print(
+                f"{name:<13} {len(tasks):>5} {scheme:<12} {loop:>13.1f} {batched:>16.2f} {loop / batched:>8.1f}x"
+                f" {lu:>13.1f} {bu:>16.2f} {lu / bu:>8.1f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
