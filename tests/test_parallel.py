@@ -90,3 +90,38 @@ def test_finetune_runs_on_two_workers_equal_the_runs_in_one_process(tmp_path):
     ft = [r for r in runs if r.data.tags["stage"] == "finetune" and r.data.tags.get("classic") != "true"]
     assert len(ft) == len([r for r in out2["finetune"] if not r.get("classic")]) > 0
     assert all("fit/seconds" in r.data.metrics and "val/acc" in r.data.metrics for r in ft)
+
+
+def _draws_a_bar(settings, job):
+    from pipeline.training import trainer
+
+    return trainer(settings, max_epochs=1).progress_bar_callback is not None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_train_without_progress_bars_and_each_run_says_how_it_ended(workers, monkeypatch, make_cfg, capsys):
+    """In a terminal a run in the stage's process shows Lightning's bar; runs side by side do not (their
+    bars would overwrite each other), and the stage prints one line per run: epochs of the cap, whether
+    early stopping ended it, the kept epoch."""
+    import sys
+
+    from pipeline.config import TrainerConfig
+    from pipeline.stages import multitask, prepare
+    from pipeline.training.parallel import jobs
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    settings = TrainerConfig(
+        accelerator="cpu", num_threads=1, workers=workers, progress_bar=True, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+    )
+    with jobs(_draws_a_bar, settings, [0, 1], workers) as outs:
+        assert list(outs) == [workers == 1] * 2
+
+    cfg = make_cfg(*TINY_MT, "+multitask_experiments.synthetic_related.schemes=[hard]", "+multitask_experiments.synthetic_related.weightings=[equal]")
+    prepare.run(cfg)
+    capsys.readouterr()
+    results = multitask.run(cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("multitask synthetic_related hard")]
+    assert len(lines) == 2  # one per seed
+    for r, line in zip(results, lines):
+        end = "early stop" if r["epochs"] < 3 else "cap"
+        assert f"epochs {r['epochs']}/3 ({end}), best {r['best_epoch'] + 1}" in line

@@ -114,3 +114,9 @@ def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     sys.argv = [sys.argv[0], *argv, *extra]
     hydra_entry(run)()
+
+
+def ended(epochs: int, best_epoch: int, max_epochs: int) -> str:
+    """How a run ended, for its one line in the logs: epochs trained of the cap, whether early
+    stopping ended it, and the kept (best) epoch, counted from 1."""
+    return f"epochs {epochs}/{max_epochs} ({'early stop' if epochs < max_epochs else 'cap'}), best {best_epoch + 1}"

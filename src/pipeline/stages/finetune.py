@@ -19,7 +19,7 @@ import time
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
 def run_params(cfg: DictConfig, strategy_name: str) -> dict:
@@ -211,7 +211,8 @@ def run(cfg: DictConfig) -> list[dict]:
                 }
             )
             print(
-                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} {seconds:5.1f}s",
+                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} "
+                f"{ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {seconds:5.1f}s",
                 flush=True,
             )
     if linear:

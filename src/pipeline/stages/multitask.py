@@ -18,7 +18,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
 def baseline(mcfg) -> tuple[str, str]:
@@ -281,6 +281,7 @@ def run(cfg: DictConfig) -> list[dict]:
                         "test": res.test,
                         "best_val": res.best_val,
                         "best_epoch": res.best_epoch,
+                        "epochs": res.epochs,
                         "steps": res.steps,
                         "seconds": out["seconds"],
                         "history": out["history"],
@@ -295,7 +296,7 @@ def run(cfg: DictConfig) -> list[dict]:
             neural.append(chosen)
             print(
                 f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
-                f"{chosen['seconds']:5.1f}s",
+                f"{ended(chosen['epochs'], chosen['best_epoch'], mcfg.max_epochs)} {chosen['seconds']:5.1f}s",
                 flush=True,
             )
         results = neural + (fitted if classic_wanted else [])

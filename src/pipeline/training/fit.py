@@ -92,7 +92,11 @@ def trainer(
     quiet()
     if settings.num_threads:
         torch.set_num_threads(int(settings.num_threads))
-    bar = settings.progress_bar if progress_bar is None else progress_bar
+    from pipeline.training.parallel import in_worker
+
+    # Side by side, workers' bars would overwrite each other: they train quietly and the stage prints a
+    # line per finished run.
+    bar = (settings.progress_bar if progress_bar is None else progress_bar) and not in_worker()
     return L.Trainer(
         max_epochs=int(max_epochs),
         accelerator=settings.accelerator,

@@ -22,6 +22,12 @@ from contextlib import contextmanager
 from typing import Any
 
 _TASK: tuple[Callable, Any] | None = None  # (fn, context), inherited by the forked workers
+_IN_WORKER = False
+
+
+def in_worker() -> bool:
+    """Whether this process is one of `jobs`' workers (whose progress bars would overwrite each other's)."""
+    return _IN_WORKER
 
 
 def worker_count(setting: int, n_jobs: int, accelerator: str = "cpu") -> int:
@@ -46,6 +52,8 @@ def worker_count(setting: int, n_jobs: int, accelerator: str = "cpu") -> int:
 
 
 def _start_worker() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     # numpy/scipy BLAS gets one thread per worker too, as torch does.
     from threadpoolctl import threadpool_limits
 
