@@ -109,10 +109,59 @@ def hydra_entry(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
 HYDRA_DEFAULTS = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra.sweep.dir=.", "hydra.sweep.subdir=.", "hydra/job_logging=stdout"]
 
 
+# Hydra's flags that take the next argument as their value (`--info` only when it is one of its topics).
+_VALUED_FLAGS = {"--cfg", "-c", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p", "--experimental-rerun"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, flags with their values): Hydra takes its overrides as one run of positional
+    arguments, so `exp=x --cfg job y=z` must reach it as `exp=x y=z --cfg job`."""
+    overrides, flags, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            flags.append(arg)
+            takes = arg in _VALUED_FLAGS or (arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS)
+            if takes and i + 1 < len(argv):
+                i += 1
+                flags.append(argv[i])
+        i += 1
+    return overrides, flags
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """`node.key=value` for a node with a schema (pipeline.config.SCHEMAS) names one of its keys: a
+    misspelt key is a one-line error with the closest valid key, not Hydra's advice to add it with `+`."""
+    import difflib
+    from dataclasses import fields
+
+    from pipeline.config import SCHEMAS
+
+    for arg in overrides:
+        key = arg.split("=", 1)[0]
+        node, _, leaf = key.partition(".")
+        if "=" not in arg or key.startswith(("+", "~")) or node not in SCHEMAS or not leaf or "." in leaf:
+            continue
+        valid = [f.name for f in fields(SCHEMAS[node])]
+        if leaf not in valid:
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f" (did you mean {node}.{close[0]}?)" if close else ""
+            raise PipelineError(f"unknown config key {key}{hint}; valid keys of {node}: {valid}")
+
+
 def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
-    given = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    overrides, flags = split_args(argv)
+    try:
+        check_override_keys(overrides)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    given = {a.split("=", 1)[0].lstrip("+~") for a in overrides if "=" in a}
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
-    sys.argv = [sys.argv[0], *argv, *extra]
+    sys.argv = [sys.argv[0], *overrides, *extra, *flags]
     hydra_entry(run)()
 
 
