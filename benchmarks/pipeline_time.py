@@ -207,20 +207,17 @@ class Table:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
 
-    def plain_seconds(self, exp: str, fits: list[dict]) -> float:
-        return sum(f["plain"] for f in fits)
-
     def add(self, exp: str, name: str, runs: int, seconds: float, fits: list[dict]) -> None:
         self.rows.append((exp, name, runs, seconds, fits))
 
     def print(self, total: float) -> None:
-        """The table; the plain loops are timed here, after every stage has run (outside the total)."""
+        """The table: one row per stage and part, then the totals."""
 
         def cell(v, fmt):
             return format(v, fmt) if v is not None else "-".rjust(len(format(0, fmt)))
 
         rows = [
-            (exp, name, runs, sec, sum(f["seconds"] for f in fits), sum(f["steps"] for f in fits), self.plain_seconds(exp, fits))
+            (exp, name, runs, sec, sum(f["seconds"] for f in fits), sum(f["steps"] for f in fits), sum(f["plain"] for f in fits))
             if fits
             else (exp, name, runs, sec, None, None, None)
             for exp, name, runs, sec, fits in self.rows

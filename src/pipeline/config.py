@@ -140,6 +140,13 @@ def validate(node: Any, name: str):
     return OmegaConf.to_object(_merge(schema, node, name))
 
 
+def unknown_key(node: str, key: str, valid: list[str]) -> PipelineError:
+    """The error for `<node>.<key>`, which is not one of `valid`, with the closest valid key."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" (did you mean {node}.{close[0]}?)" if close else ""
+    return PipelineError(f"unknown config key {node}.{key}{hint}; valid keys of {node}: {valid}")
+
+
 def _merge(schema: type, node: Any, name: str):
     """`node` merged onto `schema`: unknown keys, wrong types and missing keys are errors naming them."""
     from omegaconf.errors import ConfigKeyError, ValidationError
@@ -148,10 +155,7 @@ def _merge(schema: type, node: Any, name: str):
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
     except ConfigKeyError as exc:
-        valid = [f.name for f in fields(schema)]
-        close = difflib.get_close_matches(str(exc.key), valid, n=1)
-        hint = f" (did you mean {name}.{close[0]}?)" if close else ""
-        raise PipelineError(f"unknown config key {name}.{exc.full_key}{hint}; valid keys of {name}: {valid}") from None
+        raise unknown_key(name, str(exc.full_key), [f.name for f in fields(schema)]) from None
     except ValidationError as exc:
         raise PipelineError(f"config key {name}.{exc.full_key}: {str(exc).splitlines()[0]}") from None
     missing = sorted(OmegaConf.missing_keys(merged))

@@ -135,10 +135,9 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
 def check_override_keys(overrides: list[str]) -> None:
     """`node.key=value` for a node with a schema (pipeline.config.SCHEMAS) names one of its keys: a
     misspelt key is a one-line error with the closest valid key, not Hydra's advice to add it with `+`."""
-    import difflib
     from dataclasses import fields
 
-    from pipeline.config import SCHEMAS
+    from pipeline.config import SCHEMAS, unknown_key
 
     for arg in overrides:
         key = arg.split("=", 1)[0]
@@ -147,9 +146,7 @@ def check_override_keys(overrides: list[str]) -> None:
             continue
         valid = [f.name for f in fields(SCHEMAS[node])]
         if leaf not in valid:
-            close = difflib.get_close_matches(leaf, valid, n=1)
-            hint = f" (did you mean {node}.{close[0]}?)" if close else ""
-            raise PipelineError(f"unknown config key {key}{hint}; valid keys of {node}: {valid}")
+            raise unknown_key(node, leaf, valid)
 
 
 def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:

@@ -174,9 +174,9 @@ def run(cfg: DictConfig) -> list[dict]:
         tracker = Tracker(name, cfg.tracking.uri)
         if linear:  # fitted here while the workers train
             linear_results = fit_linear(cfg, name, tgt, budgets, seeds, tracker)
+        configured = {s: run_params(cfg, s) for s in strategy_names}
         for strategy_name, k, seed in job_list:
-            plan = plans[strategy_name]
-            params = run_params(cfg, strategy_name)
+            plan, params = plans[strategy_name], configured[strategy_name]
             uses_source = bool(plan.copied) or plan.inputs == "features"
             tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
             lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}

@@ -254,13 +254,9 @@ def run(cfg: DictConfig) -> list[dict]:
         neural = []
         for (scheme, wname, seed), archs in groups:
             candidates, members = [], None
+            configured = run_params(cfg, scheme, wname)
             for i, arch in enumerate(archs):
-                params = {
-                    "multitask": run_params(cfg, scheme, wname)["multitask"],
-                    "arch": arch,
-                    "weighting": OmegaConf.to_container(mt.weightings[wname]),
-                    "optimizer": OmegaConf.to_container(cfg.optimizer),
-                }
+                params = {**configured, "arch": arch}  # the candidate's `auto` knobs resolved
                 method = f"{scheme}+{wname}"
                 tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
                 with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
@@ -292,7 +288,7 @@ def run(cfg: DictConfig) -> list[dict]:
                 tracker.client.set_tag(chosen["run_id"], "selected", "true")
             # The time and steps of every candidate: what this scheme x weighting x seed cost.
             chosen = {**chosen, "seconds": round(sum(c["seconds"] for c in candidates), 2), "steps": sum(c["steps"] for c in candidates)}
-            chosen["config_digest"] = digest({**run_params(cfg, scheme, wname), "data_hash": ts.data_hash})
+            chosen["config_digest"] = digest({**configured, "data_hash": ts.data_hash})
             neural.append(chosen)
             print(
                 f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "

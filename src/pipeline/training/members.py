@@ -30,8 +30,7 @@ from pipeline.config import FitConfig, TrainerConfig
 from pipeline.data import TaskSpec
 from pipeline.training.fit import FitResult, trainer
 from pipeline.training.loader import TensorLoader
-from pipeline.training.metrics import masked_losses, per_task_metrics, selection_score
-from pipeline.training.module import TaskModule, outputs
+from pipeline.training.module import TaskModule, epoch_record, evaluation, outputs
 
 
 class MembersModule(TaskModule):
@@ -84,16 +83,13 @@ class MembersModule(TaskModule):
         if not self._steps:
             return
         t = len(self.base)
-        mean_losses, mean_weights = (self._sums / self._steps).tolist(), (self._weights / self._steps).tolist()
+        mean_losses, mean_weights = self._sums / self._steps, self._weights / self._steps
         for m in range(self.members):
             if not self._active(m):
                 continue
-            losses, weights = mean_losses[m * t : (m + 1) * t], mean_weights[m * t : (m + 1) * t]
-            record = {"train/loss": float(torch.tensor(losses).sum())}
+            part = slice(m * t, (m + 1) * t)
+            record = epoch_record(self.base, mean_losses[part], mean_weights[part])
             if t > 1:
-                for task, loss, w in zip(self.base, losses, weights):
-                    record[f"train/{task.name}/loss"] = loss
-                    record[f"weight/{task.name}"] = w
                 self.member_history[m].append({"epoch": self.current_epoch, **record})
             self._record(m, record, self.global_step)
         self._sums = self._weights = self._probe = None
@@ -102,16 +98,11 @@ class MembersModule(TaskModule):
     def _evaluate(self, batch, prefix: str) -> None:
         x, y = batch
         out, _ = outputs(self.net, x, self.labels(y))
-        one = len(self.base) == 1
         monitor = self.monitor()[0].replace("val/", f"{prefix}/")
         for m in range(self.members):
             if prefix == "val" and not self._active(m):
                 continue
-            out_m = self._member_outputs(out, m)
-            metrics = per_task_metrics(self.base, out_m, y, task_names=not one)
-            loss = {f"{prefix}/loss": float(sum(masked_losses(self.base, out_m, y)))}
-            values = {f"{prefix}/{k}": v for k, v in metrics.items()}
-            values = {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(self.base, metrics), **loss}
+            values = evaluation(self.base, self._member_outputs(out, m), y, prefix)
             if prefix == "test":
                 self.member_test[m] = values
                 self._record(m, values, self.member_steps(m))

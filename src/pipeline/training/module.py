@@ -79,6 +79,26 @@ def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y:
     return losses, weights
 
 
+def epoch_record(tasks: Sequence[TaskSpec], mean_losses: torch.Tensor, mean_weights: torch.Tensor) -> dict[str, float]:
+    """An epoch's training metrics: the summed loss and, for several tasks, each task's loss and weight."""
+    record = {"train/loss": float(mean_losses.sum())}
+    if len(tasks) > 1:
+        for task, loss, w in zip(tasks, mean_losses.tolist(), mean_weights.tolist()):
+            record[f"train/{task.name}/loss"] = loss
+            record[f"weight/{task.name}"] = w
+    return record
+
+
+def evaluation(tasks: Sequence[TaskSpec], out, y: torch.Tensor, prefix: str) -> dict[str, float]:
+    """`<prefix>/...` metrics of outputs `out` against labels y: `<prefix>/<metric>` and the loss for
+    one task; per task `<prefix>/<task>/<metric>`, `<prefix>/score` and the summed loss for several."""
+    one = len(tasks) == 1
+    metrics = per_task_metrics(tasks, out, y, task_names=not one)
+    loss = {f"{prefix}/loss": float(sum(masked_losses(tasks, out, y)))}
+    values = {f"{prefix}/{k}": v for k, v in metrics.items()}
+    return {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(tasks, metrics), **loss}
+
+
 # Plain attributes written many times per step: Lightning's `_current_fx_name` (around every hook
 # call) and our loss counters. nn.Module.__setattr__'s type checks cost ~10x a plain write.
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_sums", "_weights", "_steps", "_probe"})
@@ -174,11 +194,8 @@ class TaskModule(L.LightningModule):
         if not self._steps:
             return
         mean_losses = self._sums / self._steps
-        record = {"train/loss": float(mean_losses.sum())}
+        record = epoch_record(self.tasks, mean_losses, self._weights / self._steps)
         if len(self.tasks) > 1:
-            for task, loss, w in zip(self.tasks, mean_losses.tolist(), (self._weights / self._steps).tolist()):
-                record[f"train/{task.name}/loss"] = loss
-                record[f"weight/{task.name}"] = w
             if self._probe is not None:
                 record.update(self.gradient_cosine(*self._probe))
             self.history.append({"epoch": self.current_epoch, **record})
@@ -218,11 +235,7 @@ class TaskModule(L.LightningModule):
     def _evaluate(self, batch, prefix: str) -> dict[str, float]:
         x, y = batch
         out, _ = outputs(self.net, x, y)
-        one = len(self.tasks) == 1
-        metrics = per_task_metrics(self.tasks, out, y, task_names=not one)
-        loss = {f"{prefix}/loss": float(sum(masked_losses(self.tasks, out, y)))}
-        values = {f"{prefix}/{k}": v for k, v in metrics.items()}
-        values = {**loss, **values} if one else {**values, f"{prefix}/score": selection_score(self.tasks, metrics), **loss}
+        values = evaluation(self.tasks, out, y, prefix)
         monitor = self.monitor()[0].replace("val/", f"{prefix}/")
         # ModelCheckpoint and EarlyStopping read the monitored value; the loggers get every value at
         # this step (through self.log Lightning would log it one Lightning batch earlier, with `epoch`).
