@@ -126,3 +126,29 @@ def test_one_task_module_step_is_a_plain_step_with_group_rates_and_extra_loss():
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         assert torch.allclose(p, q, atol=1e-7), name
     assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), init.parameters()))  # every group took the step
+
+
+@pytest.mark.parametrize("kinds", [("classification",), ("regression",), ("classification", "regression")])
+def test_dense_labels_step_equals_the_masked_step(kinds):
+    """`fit` marks NaN-free training labels dense: the step then skips the masks but must compute the
+    same losses and gradients, bit for bit."""
+    from pipeline.multitask.architectures.hard import HardSharing
+    from pipeline.multitask.weighting.equal import Equal
+    from pipeline.training import OneTaskNet, backward_step
+
+    tasks = [TaskSpec(f"t{i}", kind, ["a", "b", "c"] if kind == "classification" else []) for i, kind in enumerate(kinds)]
+    torch.manual_seed(1)
+    x = torch.randn(16, 5)
+    y = torch.stack([torch.randint(0, 3, (16,)).float() if k == "classification" else torch.randn(16) for k in kinds], 1)
+    if len(tasks) == 1:
+        model = OneTaskNet(build(architecture({"_target_": "pipeline.models.MLP", "hidden": [8], "dropout": 0.0}, 5, tasks[0].n_outputs)))
+    else:
+        model = HardSharing(5, tasks, hidden=[8])
+    grads = []
+    for dense in (False, True):
+        model.zero_grad(set_to_none=True)
+        losses, weights = backward_step(model, tasks, Equal(len(tasks)), x, y, dense=dense)
+        grads.append(([loss.detach() for loss in losses], weights, [p.grad.clone() for p in model.parameters()]))
+    (l0, w0, g0), (l1, w1, g1) = grads
+    assert all(torch.equal(a, b) for a, b in zip(l0, l1)) and torch.equal(w0, w1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))

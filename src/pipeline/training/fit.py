@@ -133,6 +133,7 @@ def fit(
     monitor, mode = module.monitor()
     L.seed_everything(seed, workers=False, verbose=False)
     x, y = data["train"]
+    module.dense_labels = not bool(torch.isnan(y).any())  # checked once here rather than per step
     train = TensorLoader(x, y, run.batch_size, shuffle=True, seed=seed, min_batches=run.min_steps_per_epoch, steps_per_batch=settings.steps_per_batch)
     whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:

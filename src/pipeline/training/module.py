@@ -56,12 +56,14 @@ def outputs(net, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], 
     return net(x, labelled=~torch.isnan(y)) if getattr(net, "routes_by_task", False) else net(x)
 
 
-def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def backward_step(
+    net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y: torch.Tensor, dense: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One step's forward and backward pass (the optimizer's step is the caller's): the per-task
     losses and the task weights the weighting applied. The penalty's gradient accumulates with the
-    weighting's, so it is the gradient of the sum above."""
-    out, features = outputs(net, x, y)
-    losses = masked_losses(tasks, out, y)
+    weighting's, so it is the gradient of the sum above. dense: y has no NaN (see masked_losses)."""
+    out, features = outputs(net, x, y) if not dense else net(x)
+    losses = masked_losses(tasks, out, y, dense)
     penalty = net.penalty()
     if penalty is not None:
         penalty.backward()
@@ -69,6 +71,12 @@ def backward_step(net, tasks: Sequence[TaskSpec], weighting, x: torch.Tensor, y:
         # What Weighting.backward does for equal weights, without listing parameters every step
         # (a tenth of a single-task step of the default MLP): a task is present when its loss has a
         # graph and is not exactly 0; with none present there is no backward pass at all.
+        if len(losses) == 1:  # the same without stacking (every single-task step)
+            loss = losses[0]
+            if not (loss.requires_grad and bool(loss != 0)):
+                return losses, loss.detach().new_zeros(1)
+            loss.backward()
+            return losses, loss.detach().new_ones(1)
         stacked = torch.stack(losses)
         present = torch.tensor([loss.requires_grad for loss in losses], device=stacked.device) & (stacked.detach() != 0)
         if not bool(present.any()):
@@ -137,6 +145,7 @@ class TaskModule(L.LightningModule):
         self._weights: torch.Tensor | None = None
         self._steps = 0
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.dense_labels = False  # the training labels have no NaN: set by `fit`, see masked_losses
         self.history: list[dict[str, float]] = []  # per-epoch weights and gradient cosines (several tasks), for the report
         self.test_results: dict[str, float] = {}
 
@@ -178,10 +187,10 @@ class TaskModule(L.LightningModule):
             if self._probe is None and self.log_gradient_cosine:
                 self._probe = (x, y)
             opt.zero_grad(set_to_none=True)
-            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, self.labels(y))
+            losses, weights = backward_step(self.net, self.tasks, self.weighting, x, self.labels(y), self.dense_labels)
             opt.step()
             # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
-            d = torch.stack(losses).detach()
+            d = torch.stack(losses).detach() if len(losses) > 1 else losses[0].detach().view(1)
             self._sums = d if self._sums is None else self._sums + d
             self._weights = weights if self._weights is None else self._weights + weights
             self._steps += 1

@@ -56,14 +56,14 @@ class Spread(torch.autograd.Function):
     """S_m(W) = sum_t ||W_mt - mean_s W_ms||^2 for each member m of W [M, T, ...], with its gradient in
     closed form: dS_m/dW_mt = 2 (W_mt - mean) - (2/T) sum_s (W_ms - mean) = 2 (W_mt - mean), the
     centred W saved from the forward pass. Autograd through the mean would take several more passes
-    over the trunks' weights, which at 63 tasks x [256, 128] cost more than the networks' own step."""
+    over the trunks' weights, which at 63 tasks x [256, 128] cost more than the networks' own step;
+    so does any full-size temporary beyond the centred W (the norm reduces it in place)."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
         centred = w - w.mean(1, keepdim=True)
         ctx.save_for_backward(centred)
-        flat = centred.reshape(len(w), -1)
-        return (flat * flat).sum(1)
+        return torch.linalg.vector_norm(centred.reshape(len(w), -1), dim=1) ** 2
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
