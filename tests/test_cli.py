@@ -39,3 +39,39 @@ def test_split_args_keeps_flag_values_with_their_flags():
         ["--cfg", "job", "-m", "--info", "config"],
     )
     assert split_args(["--info", "x=1"]) == (["x=1"], ["--info"])  # --info without a topic
+
+
+def test_unknown_names_suggest_the_one_meant():
+    """Stage, experiment and selector names each get one line with the closest valid name, exit 2."""
+    cases = [
+        (["finetun"], "unknown stage 'finetun' (did you mean finetune?)"),
+        (["finetune", "exp=mnist_to_digit"], "unknown experiment exp='mnist_to_digit' (did you mean mnist_to_digits?)"),
+        (["finetune", "strategy=param_trasfer"], "unknown strategy ['param_trasfer'] (did you mean param_transfer?)"),
+        (["multitask", "exp=star", "weighting=mgda_u"], "unknown weighting ['mgda_u'] (did you mean mgda_ub?)"),
+    ]
+    for args, message in cases:
+        res = _pipeline(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.strip().splitlines() == [f"error: {message}" + res.stderr.strip().split(message, 1)[1]], args
+
+
+def test_hydra_composition_errors_are_user_errors_and_mode_flags_one_line():
+    """A config group option that does not exist is Hydra's message with exit 2 (a user error, not a
+    crash); two of Hydra's mode flags together are one line, not its ValueError traceback."""
+    res = _pipeline("finetune", "model=nope")
+    assert res.returncode == 2 and "Could not find 'model/nope'" in res.stderr
+    res = _pipeline("finetune", "exp=mnist_to_digits", "--cfg", "job", "-m")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "error: Hydra takes one of --run, --multirun, --cfg, --info at a time, got --cfg, --multirun "
+        "(to see a sweep's config, run --cfg job on one of its runs)"
+    )
+
+
+def test_a_bug_inside_a_stage_keeps_its_traceback_and_exit_1():
+    """Only Hydra's own composition failures become exit 2: an exception raised while a stage runs is
+    a crash and keeps exit 1 and its traceback."""
+    code = "from pipeline.stages import launch\ndef run(cfg):\n    return 1 / 0\nlaunch(run, ['exp=mnist_to_digits'])"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert "ZeroDivisionError" in res.stderr

@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
-        print(f"error: unknown stage {stage!r}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
+        from pipeline.errors import did_you_mean
+
+        print(f"error: unknown stage {stage!r}{did_you_mean(stage, STAGES)}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
     from pipeline.stages import launch
 

@@ -16,6 +16,14 @@ class PipelineError(Exception):
     """
 
 
+def did_you_mean(given: Any, valid: Any) -> str:
+    """` (did you mean X?)` for the valid name closest to a misspelt one, else ``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(given), [str(v) for v in valid], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate(cfg, **kwargs)` where the user's mistakes become a PipelineError
     naming `what`: a `_target_` that does not exist, a key the target does not take, or a

@@ -152,3 +152,28 @@ def test_dense_labels_step_equals_the_masked_step(kinds):
     (l0, w0, g0), (l1, w1, g1) = grads
     assert all(torch.equal(a, b) for a, b in zip(l0, l1)) and torch.equal(w0, w1)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+def test_epoch_bar_counts_epochs_names_the_monitored_metric_and_early_stopping():
+    """The progress bar a person watches: epochs of max epochs, the monitored validation metric with
+    its best value, `early stop` when early stopping ended the run; no logger version (`v_num`)."""
+    import io
+
+    from pipeline.config import FitConfig
+    from pipeline.training import fit
+    from pipeline.training.fit import EpochBar
+
+    torch.manual_seed(0)
+    task = TaskSpec("digit", "classification", ["a", "b"])
+    net = build(architecture({"_target_": "pipeline.models.MLP", "hidden": [4], "dropout": 0.0}, 3, 2))
+    x = torch.randn(40, 3)
+    y = torch.randint(0, 2, (40, 1)).float()  # labels unrelated to x: validation stops improving early
+    data = {s: (x, y) for s in ("train", "val", "test")}
+    module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": 1e-3}], functools.partial(torch.optim.SGD))
+    out = io.StringIO()
+    run = FitConfig(lr=1e-3, batch_size=40, max_epochs=50, patience=2, min_steps_per_epoch=1)
+    result = fit(module, data, run, SETTINGS, 0, callbacks=[EpochBar(out)])
+    text = out.getvalue()
+    assert result.epochs < 50
+    assert f"early stop at epoch {result.epochs}/50" in text
+    assert "val/acc" in text and "best" in text and "v_num" not in text

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import EXPERIMENT_KINDS  # where each kind of experiment is declared
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, did_you_mean
 
 CONF_DIR = os.environ.get("PIPELINE_CONF_DIR", str(Path.cwd() / "conf"))
 
@@ -42,7 +42,9 @@ def experiment_kind(cfg: DictConfig) -> str:
         raise PipelineError(f"experiment exp={name!r} is declared in both experiments and multitask_experiments; rename one")
     if not found:
         known = "; ".join(f"{key}: {sorted((cfg.get(key) or {}).keys())}" for key in EXPERIMENT_KINDS.values())
-        raise PipelineError(f"unknown experiment exp={name!r}; valid {known} (add one in conf/experiment/ and conf/config.yaml)")
+        names = [n for key in EXPERIMENT_KINDS.values() for n in (cfg.get(key) or {})]
+        hint = did_you_mean(name, names)
+        raise PipelineError(f"unknown experiment exp={name!r}{hint}; valid {known} (add one in conf/experiment/ and conf/config.yaml)")
     return found[0]
 
 
@@ -73,7 +75,8 @@ def pick(selected: Any, available: Iterable[Any], what: str) -> list:
     chosen = list(selected) if OmegaConf.is_list(selected) or isinstance(selected, (list, tuple)) else [selected]
     unknown = [c for c in chosen if c not in available]
     if unknown:
-        raise PipelineError(f"unknown {what} {unknown}; valid: {available}")
+        hint = did_you_mean(unknown[0], available) if len(unknown) == 1 else ""
+        raise PipelineError(f"unknown {what} {unknown}{hint}; valid: {available}")
     return chosen
 
 
@@ -86,15 +89,19 @@ def config_dict(cfg: DictConfig, *keys: str) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
 
 
-def hydra_entry(run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None) -> Callable[[], None]:
     """Wrap `run` as a Hydra app reading `conf/` (or `--config-dir . --config-name params` under DVC).
 
     A PipelineError becomes one clear line on stderr and exit status 2, with no traceback.
+    `started` (a list) gets an entry when `run` is called: Hydra exits 1 both for a config it cannot
+    compose and for an exception inside `run`, and only the first is the user's mistake.
     """
     import hydra
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
     def main(cfg: DictConfig) -> None:
+        if started is not None:
+            started.append(True)
         try:
             run(cfg)
         except PipelineError as exc:
@@ -149,9 +156,21 @@ def check_override_keys(overrides: list[str]) -> None:
             raise unknown_key(node, leaf, valid)
 
 
+# Hydra's mode flags, long and short: it takes one at a time.
+_MODES = {"-r": "--run", "-m": "--multirun", "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion"}
+
+
+def check_flags(flags: list[str]) -> None:
+    modes = sorted({_MODES.get(f, f) for f in flags if f in _MODES or f in _MODES.values()})
+    if len(modes) > 1:
+        hint = " (to see a sweep's config, run --cfg job on one of its runs)" if "--multirun" in modes and "--cfg" in modes else ""
+        raise PipelineError(f"Hydra takes one of --run, --multirun, --cfg, --info at a time, got {', '.join(modes)}{hint}")
+
+
 def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
     overrides, flags = split_args(argv)
     try:
+        check_flags(flags)
         check_override_keys(overrides)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -159,7 +178,13 @@ def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
     given = {a.split("=", 1)[0].lstrip("+~") for a in overrides if "=" in a}
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     sys.argv = [sys.argv[0], *overrides, *extra, *flags]
-    hydra_entry(run)()
+    started: list = []
+    try:
+        hydra_entry(run, started)()
+    except SystemExit as exc:
+        if exc.code == 1 and not started:  # Hydra printed why it could not compose the config: the user's input
+            sys.exit(2)
+        raise
 
 
 def ended(epochs: int, best_epoch: int, max_epochs: int) -> str:
