@@ -89,3 +89,13 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     assert "reports/metrics/synthetic_related.json" in metrics and "delta_m.hard+mgda_ub" in metrics
     plots = sh(str(BIN / "dvc"), "plots", "show", "--json", cwd=repo)
     assert "reports/plots/synthetic_related.csv" in plots and "hard+mgda_ub" in plots
+
+    # A shell without the project's environment: the report stage cannot start, and DVC must not
+    # have deleted the reports (git-tracked, not in DVC's cache) before finding that out.
+    report = (repo / "reports" / "mnist_to_digits.md").read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PATH": "/usr/bin:/bin"}
+    res = subprocess.run([str(BIN / "dvc"), "repro", "-f", "-s", "report@mnist_to_digits"], cwd=repo, capture_output=True, text=True, env=env)
+    assert res.returncode != 0 and "pipeline" in res.stdout + res.stderr
+    assert (repo / "reports" / "mnist_to_digits.md").read_bytes() == report
+    assert (repo / "reports" / "figures" / "mnist_to_digits_label_efficiency.png").exists()
+    assert (repo / "reports" / "metrics" / "mnist_to_digits.json").exists()
