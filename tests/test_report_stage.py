@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
+from support import ROOT
 
 STRATEGIES = ["scratch", "feature_retrain", "param_transfer", "structure_transfer"]
+CONFIGURED = yaml.safe_load((ROOT / "params.yaml").read_text())["transfer"]["strategies"]
+
+
+@pytest.fixture
+def make_cfg(make_cfg):
+    """The study with the survey's four strategies only: the fake chain below writes their results."""
+    drop = [f"~transfer.strategies.{s}" for s in CONFIGURED if s not in STRATEGIES]
+    return lambda *overrides: make_cfg(*drop, *overrides)
 
 
 LINEAR = {1: {"test/acc": 0.2, "test/f1": 0.2}, 3: {"test/acc": 0.7, "test/f1": 0.6}}  # beats every network at k=3 only

@@ -15,6 +15,7 @@ from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
 from pipeline.models import Net, architecture, build, load_checkpoint, load_matching, save_checkpoint, under
 from pipeline.transfer import TransferContext, TransferPlan
+from pipeline.transfer.llrd import LLRD
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSFER_CONFS = sorted((REPO / "conf" / "transfer").glob("*.yaml"))
@@ -137,9 +138,12 @@ def test_every_configured_strategy_does_what_its_config_promises(conf, variant, 
     assert sorted(plan.copied) == sorted(n for n in names if under(n, list(cfg.get("transfer", cfg.get("copy", [])))))
     assert sorted(plan.frozen) == sorted(n for n in names if under(n, list(cfg.get("freeze", []))))
     scale = cfg.get("source_lr_scale", 1.0)
+    depth = LLRD.depths(names)  # with `decay`, a layer n below the head trains at LR x decay^n
     for n in names:
         if n in plan.frozen:
             assert plan.lr_of(n) is None, n
+        elif "decay" in cfg:
+            assert plan.lr_of(n) == pytest.approx(LR * cfg.decay ** depth[n]), n
         else:
             assert plan.lr_of(n) == pytest.approx(LR * scale if n in plan.copied else LR), n
 
@@ -343,3 +347,63 @@ def test_load_checkpoint_missing_names_path(tmp_path):
     path = tmp_path / "source" / "model.pt"
     with pytest.raises(PipelineError, match=str(path).replace(".", r"\.")):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# regularised fine-tuning
+
+
+def test_l2sp_penalty_matches_a_hand_computation(source):
+    """Omega = alpha/2 ||w_S - w_S^0||^2 + beta/2 ||w_new||^2: zero on the copied layers at the start;
+    moving one copied weight by delta adds alpha/2 delta^2; the head contributes beta/2 ||head||^2."""
+    torch.manual_seed(0)
+    plan = strategy("l2sp", alpha=0.3, beta=0.05).build(context(source), LR)
+    net = plan.net
+    head = 0.5 * 0.05 * sum(float((p.detach() ** 2).sum()) for n, p in net.named_parameters() if n.startswith("head"))
+    assert float(plan.extra_loss(net)) == pytest.approx(head, rel=1e-6)
+    with torch.no_grad():
+        net.backbone.blocks[0].linear.weight[0, 0] += 0.2
+    assert float(plan.extra_loss(net)) == pytest.approx(head + 0.5 * 0.3 * 0.2**2, rel=1e-5)
+    # its gradient on that weight is alpha * delta, and the optimizer adds no decay of its own
+    net.zero_grad()
+    plan.extra_loss(net).backward()
+    assert float(net.backbone.blocks[0].linear.weight.grad[0, 0]) == pytest.approx(0.3 * 0.2, rel=1e-4)
+    assert all(g["weight_decay"] == 0.0 for g in plan.param_groups)
+
+
+def test_l2sp_anchors_only_trainable_copied_layers(source):
+    plan = strategy("l2sp", freeze=["backbone.blocks.0"]).build(context(source), LR)
+    penalty = plan.extra_loss
+    assert set(penalty.anchors) == {n for n in plan.copied if n not in plan.frozen}
+    assert set(penalty.new) == {n for n, _ in plan.net.named_parameters() if n.startswith("head")}
+
+
+def test_llrd_rates_halve_per_layer_below_the_head(source):
+    plan = strategy("llrd", decay=0.5).build(context(source), LR)
+    rates = {n: plan.lr_of(n) for n, _ in plan.net.named_parameters()}
+    blocks = len(source["arch"]["backbone"]["hidden"])
+    assert rates["head.weight"] == rates["head.bias"] == pytest.approx(LR)
+    for i in range(blocks):
+        assert rates[f"backbone.blocks.{i}.linear.weight"] == pytest.approx(LR * 0.5 ** (blocks - i))
+    assert sorted(plan.copied) == sorted(n for n in rates if n.startswith("backbone"))
+
+
+def test_llrd_decay_outside_zero_one_is_an_error():
+    from pipeline.errors import instantiate as checked
+
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "transfer" / "llrd.yaml"), {"decay": 1.5})
+    with pytest.raises(PipelineError, match=r"transfer.strategies.llrd: llrd: decay must be in \(0, 1\], got 1.5"):
+        checked(cfg, "transfer.strategies.llrd")
+
+
+def test_a_group_option_reaches_the_optimizer(source):
+    """L2-SP's groups say weight_decay 0: the optimizer the module builds must not decay them anyway."""
+    import functools
+
+    from pipeline.training import TaskModule
+
+    plan = strategy("l2sp").build(context(source), LR)
+    module = TaskModule.single(plan.net, TARGET, plan.param_groups, functools.partial(torch.optim.AdamW, weight_decay=1e-4), plan.extra_loss)
+    groups = module.configure_optimizers().param_groups
+    assert [g["weight_decay"] for g in groups] == [0.0] * len(plan.param_groups)
+    assert [g["lr"] for g in groups] == [g["lr"] for g in plan.param_groups]

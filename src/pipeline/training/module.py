@@ -174,7 +174,8 @@ class TaskModule(L.LightningModule):
         return selection(self.tasks)
 
     def configure_optimizers(self):
-        groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups if any(p.requires_grad for p in g["params"])]
+        # A group's own options (e.g. L2-SP's weight_decay 0) go to the optimizer; its name is ours.
+        groups = [{k: v for k, v in g.items() if k != "name"} for g in self.param_groups if any(p.requires_grad for p in g["params"])]
         extra = list(self.weighting.extra_parameters())
         if extra:
             groups.append({"params": extra, "lr": self.param_groups[0]["lr"]})
