@@ -90,7 +90,7 @@ def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
     png = tmp / "reports" / "figures" / "mnist_to_digits_label_efficiency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((tmp / "reports" / "metrics" / "mnist_to_digits.json").read_text())
-    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"} and set(metrics["scratch"]) == {"k1", "k3"}
+    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"} and set(metrics["scratch"]) == {"k01", "k03"}
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
     rep = [r for r in runs if r.data.tags["stage"] == "report"]
     assert len(rep) == 1
