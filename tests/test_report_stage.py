@@ -90,13 +90,19 @@ def test_transfer_report_reads_only_current_runs_and_says_which_it_ignored(make_
     )
     metrics = report.run(cfg)
     assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"}
-    assert metrics["scratch"] == {"k1": pytest.approx(0.405), "k3": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
+    assert metrics["scratch"] == {"k01": pytest.approx(0.405), "k03": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
     assert "20 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
     assert "`old_strategy/k1_seed0.json`" in md and "`scratch/k1_seed5.json`" in md
     assert "Gain over `scratch`" in md and "target labels per class" not in md  # the unit is in the text, the axis is in the figure
     plot = (tmp_path / "reports" / "plots" / "mnist_to_digits.csv").read_text().splitlines()
     assert plot[0] == "labels_per_class," + ",".join([*STRATEGIES, "linear", "source_no_labels"]) and len(plot) == 3  # as dvc.yaml reads it
+    # The report run in MLflow holds the summary it reports: means and paired gains per strategy and budget.
+    from support import mlflow_runs
+
+    _, runs = mlflow_runs(cfg, "mnist_to_digits")
+    logged = next(r for r in runs if r.data.tags.get("stage") == "report").data.metrics
+    assert logged["acc/scratch/k03"] == pytest.approx(0.605) and "gain/param_transfer/k01" in logged and "gain/scratch/k01" not in logged
 
 
 def test_transfer_report_has_sanity_rows_and_says_when_a_linear_model_beats_every_network(make_cfg, tmp_path):
@@ -233,6 +239,11 @@ def test_multitask_weight_figure_follows_the_runs_present(mt_cfg, tmp_path):
     from pipeline.stages import report
 
     report.run(mt_cfg())
+    # The DVC metrics file is the compact summary (Δm per method); the plot file what .dvc/plots/delta_m.json reads.
+    metrics = json.loads((tmp_path / "reports" / "metrics" / "synthetic_related.json").read_text())
+    assert list(metrics) == ["delta_m"] and "mmoe+upgrad" in metrics["delta_m"]
+    plot = (tmp_path / "reports" / "plots" / "synthetic_related.csv").read_text().splitlines()
+    assert plot[0] == "method,delta_m,shown,note,kind" and len(plot) == 1 + len(metrics["delta_m"])
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
     assert (
         "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`."

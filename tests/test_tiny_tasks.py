@@ -102,7 +102,7 @@ def test_verdict_on_many_tiny_groups_agrees_with_the_metric_over_all_test_rows()
     text = mt.render(t, OmegaConf.create({}), "w.png", "r.png", "sqlite:///m.db")
     assert "- The verdict rests on Δm over test rows: the 120 tasks in Δm have 2 to 5 labelled test rows (rule:" in text
     assert "joint training helps here, on every seed (3/3)" in text and "Below the baseline" not in text
-    metrics = mt.dvc_metrics(t)
+    metrics = mt.summary(t)
     assert metrics["delta_m"][JOINT] == metrics["delta_m_rows"][JOINT] > 0 > metrics["delta_m_per_task"][JOINT]
     assert mt.run_delta_m(t)[f"{JOINT}-0"]["test/delta_m"] == pytest.approx(dm.delta_m_rows[0])
 
@@ -113,7 +113,7 @@ def test_verdict_rests_on_the_per_task_mean_when_tasks_are_large_and_alike():
     records = [_record(m, 0, ts, _predict(ts, noise, rng)) for m, noise in ((BASE, 1.0), (JOINT, 0.9))]
     t = _report(ts, records)
     assert t.basis[0] == "delta_m"
-    assert mt.dvc_metrics(t)["delta_m"][JOINT] == mt.dvc_metrics(t)["delta_m_per_task"][JOINT]
+    assert mt.summary(t)["delta_m"][JOINT] == mt.summary(t)["delta_m_per_task"][JOINT]
     assert "Δm +12.32% (Δm per-task mean) —" in mt.render(t, OmegaConf.create({}), "w.png", "r.png", "sqlite:///m.db")
 
 

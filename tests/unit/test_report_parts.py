@@ -3,6 +3,9 @@ the label-efficiency axis, the task-weight figure and its caption, and the all-o
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -224,3 +227,178 @@ def test_conflict_is_measured_under_the_baselines_weighting_when_the_best_method
     text = _render(_report(records))
     assert "Best joint neural method: `soft+equal`" in text
     assert "Gradient conflict under `hard+equal` (seed 0)" in text and "averaged +0.100" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Compact DVC metrics, MLflow summary metrics, DVC plot templates (issue 10, items 2 and 3)
+
+
+def _flat(d: dict, prefix: str = "") -> list[str]:
+    """Column names as `dvc metrics show` makes them: flattened with dots, sorted as text."""
+    return sorted(k for key, v in d.items() for k in (_flat(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"]))
+
+
+def _transfer_grid(budgets=(1, 3, 10, 30)) -> transfer.TransferReport:
+    strategies = ("scratch", "param_transfer", "structure_transfer", "linear")
+    rows = [(s, k, seed, 0.3 + 0.01 * k + 0.02 * i + 0.001 * seed) for i, s in enumerate(strategies) for k in budgets for seed in (0, 1, 2)]
+    df = pd.DataFrame(rows, columns=["strategy", "budget", "seed", "acc"]).assign(run_id="r")
+    df = transfer.with_zero_shot(df, TaskSpec("digit", "classification", [str(i) for i in range(3)]), {"zero_shot_acc": 0.7})
+    task = TaskSpec("digit", "classification", [str(i) for i in range(3)])
+    return transfer.TransferReport("fake", None, task, "h", {"run_id": "s", "test": {}}, {}, "scratch", df, [], ("linear", transfer.ZERO_SHOT))
+
+
+def test_transfer_dvc_metrics_are_compact_with_budgets_in_numeric_order():
+    t = _transfer_grid()
+    metrics = transfer.dvc_metrics(t)
+    columns = _flat(metrics)
+    assert len(columns) < 40
+    assert [c for c in columns if c.startswith("scratch.")] == ["scratch.k01", "scratch.k03", "scratch.k10", "scratch.k30"]
+    assert metrics["param_transfer"]["k10"] == pytest.approx(0.3 + 0.1 + 0.02 + 0.001)
+    assert metrics[transfer.ZERO_SHOT] == 0.7  # one value, not one per budget
+    assert transfer.budget_key(5, [1, 5, 200]) == "k005" and transfer.budget_key(3, [1, 3]) == "k03"
+
+
+def test_transfer_report_run_logs_means_and_gains_under_valid_mlflow_names():
+    t = _transfer_grid()
+    logged = transfer.mlflow_metrics(t)
+    assert all(re.fullmatch(r"[A-Za-z0-9_\-./ ]+", k) for k in logged)
+    assert logged["acc/scratch/k01"] == pytest.approx(0.311)
+    assert logged["gain/param_transfer/k30"] == pytest.approx(0.02) and logged["wins/param_transfer/k30"] == 3
+    assert not any(k.startswith(("gain/scratch", "gain/linear", f"gain/{transfer.ZERO_SHOT}")) for k in logged)  # baseline and sanity rows
+    assert outputs.metric_key("delta_m/hard+mgda") == "delta_m/hard.mgda"
+
+
+def test_multitask_dvc_metrics_hold_delta_m_per_method_only():
+    t = _report([_record(m, s, {"a": 0.5 + d, "b": 0.8 + d, "c": 2.0}) for m, d in ((BASE, 0), ("hard+equal", 0.05)) for s in (0, 1)])
+    metrics = mt.dvc_metrics(t)
+    assert metrics == {"delta_m": mt.summary(t)["delta_m"]} and set(metrics["delta_m"]) == {BASE, "hard+equal"}
+
+
+def _yaml(path: str) -> dict:
+    import yaml
+
+    from support import ROOT
+
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_label_efficiency_plot_template_has_a_log_budget_axis_and_one_colour_per_strategy():
+    template = _json(".dvc/plots/label_efficiency.json")
+    enc = template["encoding"]
+    assert enc["x"]["field"] == "<DVC_METRIC_X>" and enc["x"]["scale"]["type"] == "log"
+    # DVC names each series (a y column of the CSV: a strategy) in the datapoints' `field`.
+    assert enc["color"]["field"] == "field" and enc["color"]["legend"]["labelLimit"] == 0
+    assert "strokeDash" not in enc or enc["strokeDash"]["field"] == "rev"  # dashes tell revisions apart, not strategies
+    t = _transfer_grid()
+    columns = transfer.dvc_plot(t).splitlines()[0].split(",")
+    for plot in _yaml("dvc.yaml")["plots"]:
+        (spec,) = plot.values()
+        assert spec["template"] == "label_efficiency" and spec["x"] == columns[0] == "labels_per_class"
+        (ys,) = spec["y"].values()
+        assert "scratch" in ys and "linear" in ys and transfer.ZERO_SHOT not in ys  # a constant: not a curve
+
+
+def test_delta_m_plot_clips_an_outlier_and_its_template_reads_the_columns():
+    records = [_record(BASE, 0, {"a": 0.5, "b": 0.5})]
+    records += [_record(f"m{i}+equal", 0, {"a": 0.5 + 0.01 * i, "b": 0.5}) for i in range(1, 6)]
+    records += [_record("ridge_pooled+sklearn", 0, {"a": 0.1, "b": 0.1}, classic=True)]  # Δm -80%
+    rows = {r.split(",")[0]: r.split(",") for r in mt.dvc_plot(_report(records)).splitlines()}
+    assert rows["method"] == ["method", "delta_m", "shown", "note", "kind"]
+    pooled = rows["ridge_pooled+sklearn"]
+    assert float(pooled[1]) == pytest.approx(-80.0) and pooled[3] == "-80.0 (clipped)" and pooled[4] == "classic"
+    assert -10 < float(pooled[2]) < -float(rows["m5+equal"][2]) == -5.0  # just past the longest other bar
+    assert rows["m3+equal"][2] == rows["m3+equal"][1] and rows["m3+equal"][3] == "" and rows[BASE][4] == "baseline"
+    spec = _yaml("dvc.yaml")["stages"]["mt_report"]["do"]["plots"][0]["reports/plots/${key}.csv"]
+    assert spec["template"] == "delta_m" and spec["x"] == "shown" and spec["y"] == "method"
+    template = json.dumps(_json(".dvc/plots/delta_m.json"))
+    assert '"field": "kind"' in template and '"field": "note"' in template
+
+
+def _json(path: str) -> dict:
+    from support import ROOT
+
+    return json.loads((ROOT / path).read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures a reader takes in at a glance (issue 10, item 4)
+
+
+def test_per_task_changes_are_signed_relative_differences_to_the_baseline_paired_by_seed():
+    records = [_record(BASE, s, {"a": 0.5, "b": 0.8, "c": 2.0 + s}) for s in (0, 1, 2)]
+    records += [_record("hard+equal", s, {"a": 0.5 + 0.05 * (s + 1), "b": 0.8, "c": 1.0 + s}) for s in (0, 1, 2)]
+    records += [_record("ridge+sklearn", 0, {"a": 0.25, "b": 0.8, "c": 2.0}, classic=True)]
+    ch = deltas.task_changes(mt.table(records), TASKS, BASE).set_index(["method", "task", "seed"]).sort_index().change
+    assert ch["hard+equal", "a", 1] == pytest.approx(20.0)  # accuracy 0.5 -> 0.6: +20 %
+    assert ch["hard+equal", "c", 0] == pytest.approx(50.0)  # RMSE 2 -> 1: lower is better, +50 %
+    assert ch["hard+equal", "c", 2] == pytest.approx(25.0)  # paired with the baseline at seed 2 (RMSE 4 -> 3)
+    assert list(ch["ridge+sklearn", "a"]) == pytest.approx([-50.0] * 3)  # a classic baseline against every baseline seed
+    stats = deltas.task_change_intervals(deltas.task_changes(mt.table(records), TASKS, BASE)).set_index(["method", "task"])
+    row = stats.loc["hard+equal", "a"]  # changes +10, +20, +30: mean 20, sd 10, t(0.975, 2) = 4.303
+    assert row["mean"] == pytest.approx(20.0) and row.hi - row["mean"] == pytest.approx(4.3027 * 10 / np.sqrt(3), rel=1e-4)
+    assert stats.loc["ridge+sklearn", "b"]["mean"] == 0.0 and stats.loc["ridge+sklearn", "b"].n == 3
+
+
+def test_outliers_clip_a_far_value_but_not_a_wide_spread():
+    from pipeline.report.figures import outliers
+
+    values = [-2.0, -1.2, -2.3, -0.4, 1.9, 0.0, -45.0]
+    assert list(np.flatnonzero(outliers(values))) == [6]
+    assert not outliers([-2.0, -1.0, 0.5, 1.0, -4.0]).any()
+    # -4 lies far from the means but not from their intervals: kept.
+    means = [0.2, 0.3, 0.1, 0.4, -4.0]
+    assert outliers(means).any() and not outliers(means, [(m - 1.5, m + 1.5) for m in means]).any()
+
+
+def _points(ax) -> dict[float, float]:
+    """y -> x of the dots drawn with error bars on `ax`."""
+    return {float(line.get_ydata()[0]): float(line.get_xdata()[0]) for line in ax.lines if line.get_marker() == "o"}
+
+
+def test_per_task_figure_shows_each_methods_change_one_row_per_method_with_the_outlier_clipped():
+    records = [_record(BASE, s, {"a": 0.5, "b": 0.5, "c": 1.0}) for s in (0, 1)]
+    methods = [f"m{i}+equal" for i in range(12)]
+    records += [_record(m, s, {"a": 0.5 + 0.01 * i + 0.005 * s, "b": 0.5, "c": 1.0}) for i, m in enumerate(methods) for s in (0, 1)]
+    records += [_record("ridge+sklearn", 0, {"a": 0.05, "b": 0.5, "c": 1.0}, classic=True)]  # -90 % on a
+    t = _report(records, n_test_c=5)
+    fig, _ = mt.figures(t)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes[1:]] == ["task a: change (%)", "task b: change (%)", "task c: change (%)"]
+    rows = [label.get_text() for label in axes[0].get_yticklabels()]
+    assert len(rows) == len(set(rows)) == 13 and BASE not in rows and rows[-1] == "m11+equal"  # best Δm on top
+    a = _points(axes[1])
+    assert a[rows.index("m11+equal")] == pytest.approx(100 * (0.11 + 0.0025) / 0.5)  # a difference to the baseline, not 0.6125
+    assert [x.get_text() for x in axes[1].texts] == ["-90.0 (clipped)"] and axes[1].get_xlim()[0] > -20
+    assert len({line.get_color() for line in axes[1].lines if line.get_marker() == "o"}) == 12  # no colour repeated
+
+
+def test_per_task_figure_with_many_tasks_shows_their_distribution_per_method():
+    from pipeline.report.figures import per_task_changes
+
+    rng = np.random.default_rng(0)
+    methods = [BASE, "hard+equal", "soft+equal"]
+    changes = pd.DataFrame(
+        [{"method": m, "task": f"t{k:02d}", "mean": v, "lo": v - 1, "hi": v + 1} for m in methods[1:] for k, v in enumerate(rng.normal(0, 5, 63))]
+    )
+    dm = pd.DataFrame({"method": methods[1:], "mean": [1.0, -1.0], "lo": [0.0, -2.0], "hi": [2.0, 0.0]})
+    fig = per_task_changes(dm, changes, methods, BASE, "Δm per-task mean", "t")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 and axes[1].get_title() == "change on each of 63 tasks (%, mean over seeds)"
+    worse = int((changes[changes.method == "soft+equal"]["mean"] < 0).sum())
+    assert f"worse on {worse}/63" in [x.get_text() for x in axes[1].texts]
+
+
+def test_label_efficiency_figure_has_a_log_axis_one_colour_per_strategy_and_the_legend_outside():
+    fig = transfer.figure(_transfer_grid())
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["scratch (baseline)", "param_transfer", "structure_transfer", "linear"]
+    colours = [h.lines[0].get_color() for h in handles]
+    assert len(set(map(str, colours))) == 4
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # outside the data

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 
@@ -14,10 +16,78 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def _rotate(ax) -> None:
-    for label in ax.get_xticklabels():
-        label.set_rotation(30)
-        label.set_horizontalalignment("right")
+def colours(names: Sequence[str]) -> dict[str, tuple]:
+    """One colour per name, none repeated up to 20 names (tab10, then tab20's lighter shades)."""
+    from matplotlib import colormaps
+
+    tab10, tab20 = colormaps["tab10"], colormaps["tab20"]
+    palette = [tab10(i) for i in range(10)] + [tab20(2 * i + 1) for i in range(10)]
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+
+
+def outliers(values, reach=None, ratio: float = 3.0) -> np.ndarray:
+    """Which values to clip so the rest stay readable: the farthest from the median, as long as each lies more
+    than `ratio` times as far from it as anything kept reaches (the kept values, the ends of their intervals
+    `reach`: [(lo, hi)], and 0, the baseline's line, which the axis always shows); at most a quarter of the
+    values (one of 3 to 7), none of fewer than 3."""
+    v = np.asarray(values, dtype=float)
+    out = np.zeros(len(v), dtype=bool)
+    finite = np.flatnonzero(np.isfinite(v))
+    if len(finite) < 3:
+        return out
+    median = float(np.median(v[finite]))
+    dist = np.abs(v - median)
+    extent = dist.copy()
+    if reach is not None:
+        ends = np.abs(np.asarray(reach, dtype=float).reshape(len(v), 2) - median)
+        extent = np.fmax(extent, np.nanmax(np.where(np.isfinite(ends), ends, 0.0), axis=1))
+    order = finite[np.argsort(-dist[finite], kind="stable")]
+    for i in range(max(1, len(finite) // 4)):
+        kept = order[i + 1 :]
+        if dist[order[i]] > ratio * max(float(extent[kept].max()), abs(median), 1e-12):
+            out[order[: i + 1]] = True
+    return out
+
+
+def _limits(lo: np.ndarray, hi: np.ndarray, clipped: np.ndarray) -> tuple[float, float]:
+    """x limits spanning 0 and the intervals of the values not clipped, with a margin."""
+    keep = ~clipped & np.isfinite(lo) & np.isfinite(hi)
+    a = min(0.0, float(lo[keep].min())) if keep.any() else -1.0
+    b = max(0.0, float(hi[keep].max())) if keep.any() else 1.0
+    pad = 0.08 * ((b - a) or 1.0)
+    return a - pad, b + pad
+
+
+def _point_ranges(ax, stats: pd.DataFrame, rows: Sequence[str], colour: Mapping[str, tuple]) -> int:
+    """One dot (mean) with its interval (lo..hi) per row of `stats` (index: method); outliers clipped to the
+    axis edge as a triangle with the value printed. Returns how many were clipped."""
+    s = stats.reindex(rows)
+    mean, lo, hi = (s[c].to_numpy(dtype=float) for c in ("mean", "lo", "hi"))
+    clipped = outliers(mean, np.column_stack([lo, hi]))
+    left, right = _limits(lo, hi, clipped)
+    y = np.arange(len(rows))
+    for i, name in enumerate(rows):
+        if not np.isfinite(mean[i]):
+            continue
+        c = colour[name]
+        if clipped[i]:
+            edge = left if mean[i] < left else right
+            ax.plot([edge], [y[i]], marker="<" if mean[i] < left else ">", color=c, markersize=8, clip_on=False)
+            ax.annotate(
+                f"{mean[i]:+.1f} (clipped)",
+                (edge, y[i]),
+                xytext=(8 if mean[i] < left else -8, 0),
+                textcoords="offset points",
+                ha="left" if mean[i] < left else "right",
+                va="center",
+                fontsize=7,
+            )
+        else:
+            ax.errorbar([mean[i]], [y[i]], xerr=[[mean[i] - lo[i]], [hi[i] - mean[i]]], fmt="o", color=c, capsize=3, markersize=5)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_xlim(left, right)
+    ax.grid(alpha=0.3, axis="x")
+    return int(clipped.sum())
 
 
 def label_efficiency(
@@ -29,53 +99,110 @@ def label_efficiency(
     title: str,
     reference: float | None = None,
     reference_label: str = "",
+    sanity: Sequence[str] = (),
 ):
-    """Test metric against label budget, one line per strategy in `order` (the baseline dashed)."""
-    fig = _figure(figsize=(6.4, 4.2), dpi=120)
+    """Test metric against label budget (log axis), one colour per strategy in `order`: the baseline dashed,
+    the `sanity` rows dotted; the legend outside the axes."""
+    fig = _figure(figsize=(7.6, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
+    colour = colours(order)
     for name in order:
         s = stats[stats.strategy == name].sort_values("budget")
-        style = {"linestyle": "--", "color": "black"} if name == baseline else {}
-        ax.errorbar(s.budget, s["mean"], yerr=s["std"], marker="o", capsize=3, label=name, **style)
+        style = "--" if name == baseline else ":" if name in sanity else "-"
+        label = f"{name} (baseline)" if name == baseline else name
+        ax.errorbar(s.budget, s["mean"], yerr=s["std"], marker="o", capsize=3, label=label, color=colour[name], linestyle=style)
     if reference is not None:
-        ax.axhline(reference, color="grey", linestyle=":", label=reference_label)
+        ax.axhline(reference, color="grey", linestyle="-.", linewidth=1, label=reference_label)
     ax.set_xscale("log")
     budgets = sorted(stats.budget.unique())
     ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
 
 
-def per_task_results(stats: pd.DataFrame, methods: list[str], baseline: str, title: str, max_tasks: int = 12):
-    """Grouped bars (few tasks) or, for many tasks, each method's per-task change over the baseline."""
-    import numpy as np
+def per_task_changes(
+    dm: pd.DataFrame,
+    changes: pd.DataFrame,
+    methods: list[str],
+    baseline: str,
+    dm_label: str,
+    title: str,
+    max_panels: int = 6,
+):
+    """Each method against `baseline`, one row per method (best Δm on top, the baseline is the 0 line):
+    a first panel with Δm, then one panel per task with the method's change on it (few tasks), or one
+    panel with the distribution of its per-task changes (many tasks). Dots are means over seeds with
+    their 95% t-interval; a value far outside the others is clipped to the edge with its value printed.
 
-    tasks = sorted(stats.task.unique())
-    fig = _figure(figsize=(max(6.4, 0.5 * len(methods) + 3), 4.2), dpi=120)
-    ax = fig.subplots()
-    if len(tasks) <= max_tasks:
-        width = 0.8 / len(methods)
-        for i, m in enumerate(methods):
-            s = stats[stats.method == m].set_index("task").reindex(tasks)
-            ax.bar(np.arange(len(tasks)) + i * width, s["mean"], width, yerr=s["std"], label=m, capsize=2)
-        ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
-        ax.set_ylabel("test metric (mean ± std over seeds)")
-        ax.legend(fontsize=7)
+    dm: method, mean, lo, hi (Δm, %); changes: method, task, mean, lo, hi (`delta_m.task_change_intervals`)."""
+    rows = [m for m in methods if m != baseline]
+    order = dm.set_index("method")["mean"].reindex(rows).fillna(-np.inf).sort_values(ascending=True)
+    rows = list(order.index)  # the best at the top (highest y)
+    colour = colours(sorted(rows))
+    tasks = sorted(changes.task.unique())
+    many = len(tasks) > max_panels
+    panels = 1 + (1 if many else len(tasks))
+    width = 2.1 + 2.6 * panels + (1.4 if many else 0)
+    fig = _figure(figsize=(width, 1.4 + 0.32 * len(rows)), dpi=120, layout="constrained")
+    axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
+    notes = []
+    n = _point_ranges(axes[0], dm.set_index("method"), rows, colour)
+    axes[0].set_title(f"Δm (%), {dm_label}", fontsize=9)
+    if n:
+        notes.append(f"{n} clipped in Δm")
+    if many:
+        ax = axes[1]
+        per_method = [changes[changes.method == m]["mean"].to_numpy(dtype=float) for m in rows]
+        everything = np.concatenate([v for v in per_method if len(v)]) if any(len(v) for v in per_method) else np.zeros(1)
+        lo, hi = np.percentile(everything, [1, 99])
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        pad = 0.05 * ((hi - lo) or 1.0)
+        import matplotlib
+
+        # `vert` is deprecated from Matplotlib 3.11; `orientation` exists from 3.10.
+        horizontal = {"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10) else {"vert": False}
+        ax.boxplot(per_method, positions=np.arange(len(rows)), widths=0.6, showfliers=False, manage_ticks=False, **horizontal)
+        rng = np.random.default_rng(0)
+        outside = 0
+        for i, (m, v) in enumerate(zip(rows, per_method)):
+            shown = np.clip(v, lo - pad, hi + pad)
+            outside += int((shown != v).sum())
+            ax.scatter(shown, i + rng.uniform(-0.2, 0.2, len(v)), s=6, color=colour[m], alpha=0.6, zorder=3)
+            worse = int((v < 0).sum())
+            ax.annotate(
+                f"worse on {worse}/{len(v)}",
+                (1.0, i),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.axvline(0, color="grey", linewidth=1)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.grid(alpha=0.3, axis="x")
+        ax.set_title(f"change on each of {len(tasks)} tasks (%, mean over seeds)", fontsize=9)
+        if outside:
+            notes.append(f"{outside} task values beyond the 1st–99th percentile drawn at the edge")
     else:
-        base = stats[stats.method == baseline].set_index("task")["mean"]
-        changes = [(stats[stats.method == m].set_index("task")["mean"] - base).dropna().to_numpy() for m in methods]
-        ax.boxplot(changes, tick_labels=methods)
-        ax.axhline(0, color="grey", linestyle=":")
-        ax.set_ylabel(f"per-task change vs {baseline}")
-    _rotate(ax)
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+        for ax, task in zip(axes[1:], tasks):
+            n = _point_ranges(ax, changes[changes.task == task].set_index("method"), rows, colour)
+            ax.set_title(f"task {task}: change (%)", fontsize=9)
+            if n:
+                notes.append(f"{n} clipped on {task}")
+    axes[0].set_yticks(np.arange(len(rows)), rows, fontsize=8)
+    axes[0].set_ylim(-0.6, len(rows) - 0.4)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    caption = f"relative to {baseline} (0 line), higher is better; dots: mean over seeds, bars: 95% t-interval"
+    fig.suptitle(title, fontsize=10)
+    text = caption + ("; " + "; ".join(notes) if notes else "")
+    fig.supxlabel(textwrap.fill(text, width=int(13 * width)), fontsize=8)
     return fig
 
 

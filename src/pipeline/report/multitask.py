@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from pipeline.data import TaskSet
 from pipeline.errors import PipelineError
 from pipeline.report import baseline_first, fmt, listing, spread
-from pipeline.report.delta_m import common_tasks, delta_m, per_task, verdict_basis, zero_baseline
+from pipeline.report.delta_m import common_tasks, delta_m, interval, per_task, task_change_intervals, task_changes, verdict_basis, zero_baseline
 
 
 def read_results(directory: str | Path) -> dict[str, dict]:
@@ -167,6 +167,18 @@ class MultitaskReport:
     def stats(self) -> pd.DataFrame:
         return per_task(self.df, self.ts.tasks, self.baseline)
 
+    @cached_property
+    def changes(self) -> pd.DataFrame:
+        """Each method's change against the baseline per task in Δm (mean over seeds and t-interval, %)."""
+        ch = task_changes(self.df, self.ts.tasks, self.baseline)
+        return task_change_intervals(ch[ch.task.isin(self.tasks_used[0])])
+
+    @cached_property
+    def dm_intervals(self) -> pd.DataFrame:
+        """Δm (the form the verdict rests on) per method: mean over seeds and t-interval."""
+        rows = [(m, *interval(g.delta_m_verdict)) for m, g in self.dm.groupby("method")]
+        return pd.DataFrame(rows, columns=["method", "mean", "lo", "hi"])
+
     @property
     def classic_dm(self) -> dict[str, float]:
         return {m: float(self.dm[self.dm.method == m].delta_m_verdict.mean()) for m in sorted(self.df[self.df.classic].method.unique())}
@@ -309,10 +321,27 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
                 + " |"
             )
     else:
+        methods = baseline_first(stats.method, baseline)
+        cell = {(r.method, r.task): r for r in stats.itertuples()}
+        metric = {x.name: x.primary for x in ts.tasks}
         lines += [
             "",
-            f"{len(names)} tasks: the per-task table is in `reports/metrics/{t.name}.json`; the figure shows each method's per-task change.",
+            f"## Per task ({len(names)} tasks; test mean over seeds; ⚠ = worse than the baseline)",
+            "",
+            "The figure shows the distribution of each method's per-task change; the values, one row per task:",
+            "",
+            "<details><summary>per-task table</summary>",
+            "",
+            "| task (metric) | " + " | ".join(methods) + " |",
+            "|" + "---|" * (len(methods) + 1),
         ]
+        for n in names:
+            lines.append(
+                f"| {n} ({metric[n]}) | "
+                + " | ".join((f"{cell[m, n].mean:.3f}" + (" ⚠" if cell[m, n].worse else "")) if (m, n) in cell else "–" for m in methods)
+                + " |"
+            )
+        lines += ["", "</details>"]
     lines += [
         "",
         "## Figures",
@@ -381,23 +410,49 @@ def conflict_finding(t: MultitaskReport, best: str | None) -> str:
 
 
 def figures(t: MultitaskReport) -> tuple:
-    """(per-task results figure, task-weight figure)."""
-    from pipeline.report.figures import per_task_results, weights_over_training
+    """(per-task change figure, task-weight figure)."""
+    from pipeline.report.figures import per_task_changes, weights_over_training
 
     seed, weights, cosines = histories(t.records)
-    results = per_task_results(t.stats, baseline_first(t.stats.method, t.baseline), t.baseline, f"{t.name}: per-task test results")
+    methods = baseline_first(t.df.method, t.baseline)
+    results = per_task_changes(t.dm_intervals, t.changes, methods, t.baseline, _BASIS[t.basis[0]], f"{t.name}: each method against {t.baseline}")
     title = f"{t.name}: task weights and gradient cosines" + ("" if seed is None else f" (seed {seed})")
     return results, weights_over_training(weights, cosines, title)
 
 
-def dvc_metrics(t: MultitaskReport) -> dict:
+def summary(t: MultitaskReport) -> dict[str, dict[str, float]]:
+    """Δm per method, mean over seeds, in its three columns: `delta_m` (the one the verdict rests on),
+    `delta_m_rows` (over test rows) and `delta_m_per_task` (per-task mean)."""
+    g = t.dm.groupby("method")
     return {
-        # `delta_m` is the one the verdict rests on (also in the plot); both forms beside it.
-        "delta_m": {m: round(float(g.delta_m_verdict.mean()), 3) for m, g in t.dm.groupby("method")},
-        "delta_m_rows": {m: round(float(g.delta_m_rows.mean()), 3) for m, g in t.dm.groupby("method")},
-        "delta_m_per_task": {m: round(float(g.delta_m.mean()), 3) for m, g in t.dm.groupby("method")},
-        "per_task": {m: {r.task: round(float(r.mean), 4) for r in g.itertuples()} for m, g in t.stats.groupby("method")},
+        "delta_m": {m: round(float(v), 3) for m, v in g.delta_m_verdict.mean().items()},
+        "delta_m_rows": {m: round(float(v), 3) for m, v in g.delta_m_rows.mean().items()},
+        "delta_m_per_task": {m: round(float(v), 3) for m, v in g.delta_m.mean().items()},
     }
+
+
+def dvc_metrics(t: MultitaskReport) -> dict:
+    """The compact summary for `dvc metrics show` / `dvc exp show`: Δm per method (the form the verdict
+    rests on; both forms and the per-task results are in the report)."""
+    return {"delta_m": summary(t)["delta_m"]}
+
+
+def dvc_plot(t: MultitaskReport) -> str:
+    """Δm per method as CSV for `dvc plots` (template `.dvc/plots/delta_m.json`): `delta_m` the value,
+    `shown` the bar's length: for a value far outside the others (`figures.outliers`),
+    a little past the longest other bar, its `note` printing the value; `kind` baseline, neural or classic."""
+    from pipeline.report.figures import outliers
+
+    dm = pd.Series(summary(t)["delta_m"])
+    clipped = outliers(dm.to_numpy())
+    edge = 1.15 * (float(dm[~clipped].abs().max()) or 1.0)  # a clipped bar reaches past the longest other one
+    classic = set(t.df[t.df.classic].method)
+    lines = ["method,delta_m,shown,note,kind"]
+    for (method, value), c in zip(dm.items(), clipped):
+        shown = float(np.sign(value)) * edge if c else value
+        kind = "baseline" if method == t.baseline else "classic" if method in classic else "neural"
+        lines.append(f"{method},{value},{round(shown, 3)},{f'{value:+.1f} (clipped)' if c else ''},{kind}")
+    return "\n".join(lines) + "\n"
 
 
 def run_delta_m(t: MultitaskReport) -> dict[str, dict[str, float]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -50,6 +51,12 @@ def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return targets
+
+
+def metric_key(name: str) -> str:
+    """An MLflow metric name: letters, digits and `_-./ ` only (anything else, such as the `+` of a
+    multitask method, becomes `.`)."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", ".", name)
 
 
 def log(

@@ -21,6 +21,7 @@ from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
 from pipeline.multitask.baselines import LINEAR
 from pipeline.report import baseline_first, fmt, listing, spread
+from pipeline.report.outputs import metric_key
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
 ZERO_SHOT = "source_no_labels"
@@ -308,12 +309,44 @@ def figure(t: TransferReport):
         f"{t.name}: {t.task.primary} vs {t.unit}",
         ref,
         "source model, no target labels" if ref is not None else "",
+        t.sanity,
     )
 
 
+def budget_key(budget: int, budgets) -> str:
+    """`k` and the budget zero-padded to the widest of `budgets` (at least 2 digits): k01, k03, k10, k30 sort
+    as numbers in `dvc metrics show`, which orders columns as text."""
+    width = max(2, *(len(str(int(b))) for b in budgets))
+    return f"k{int(budget):0{width}d}"
+
+
 def dvc_metrics(t: TransferReport) -> dict:
-    """Means only: `dvc exp show` / `dvc metrics diff` stay readable; spreads and gains are in the report."""
-    return {s: {f"k{r.budget}": round(float(r.mean), 4) for r in t.stats[t.stats.strategy == s].itertuples()} for s in t.order}
+    """The compact summary for `dvc metrics show` / `dvc exp show`: the mean test metric per strategy and
+    budget ({strategy: {k01: …}}, budgets in numeric order) and the zero-label source model's one value;
+    spreads, gains and other metrics are in the report."""
+    budgets = sorted(int(b) for b in t.stats.budget.unique())
+    out: dict = {}
+    for s in t.order:
+        rows = t.stats[t.stats.strategy == s].sort_values("budget")
+        if s == ZERO_SHOT:  # the same value at every budget
+            out[s] = round(float(rows["mean"].iloc[0]), 4)
+        else:
+            out[s] = {budget_key(r.budget, budgets): round(float(r.mean), 4) for r in rows.itertuples()}
+    return out
+
+
+def mlflow_metrics(t: TransferReport) -> dict[str, float]:
+    """What the report run logs to MLflow: `<metric>/<strategy>/k<k>` the mean test metric and, for the
+    network strategies, `gain/<strategy>/k<k>` the paired gain over the baseline and `wins/...` the seeds won."""
+    budgets = sorted(int(b) for b in t.stats.budget.unique())
+    out = {}
+    for r in t.stats.itertuples():
+        k = budget_key(r.budget, budgets)
+        out[metric_key(f"{t.task.primary}/{r.strategy}/{k}")] = float(r.mean)
+        if r.strategy in t.networks and r.strategy != t.baseline and "gain" in t.stats:
+            out[metric_key(f"gain/{r.strategy}/{k}")] = float(r.gain)
+            out[metric_key(f"wins/{r.strategy}/{k}")] = float(r.wins)
+    return out
 
 
 def dvc_plot(t: TransferReport) -> str:

@@ -4,8 +4,9 @@ Transfer experiments (`report.transfer`): reports/<experiment>.md (strategy x la
 over seeds, paired gain over `transfer.baseline`, negative transfer flagged) and the label-efficiency
 figure. Multitask experiments (`report.multitask`): Δm of every method against `multitask.baseline`
 (per-task mean and over test rows; `delta_m` in the metrics and plot is the one the verdict rests on),
-per-task results and the task-weight figure. Both also write the DVC metrics and plots files
-(`report.outputs`, all at once) and log the report and figures as artifacts of a `report` run in MLflow.
+per-task changes and the task-weight figure. Both also write the compact DVC metrics file (means only)
+and the plots file (`report.outputs`, all at once), and log the report and figures as artifacts of a
+`report` run in MLflow with its summary metrics.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def run_transfer(cfg: DictConfig) -> dict:
         data_hash=t.data_hash,
         source_run_id=t.source["run_id"],
         params={"n_runs": t.n_runs, "n_stale": len(t.stale), "baseline": t.baseline},
+        metrics=transfer.mlflow_metrics(t),
     )
     print(
         f"report {name}: {written[f'{name}.md']} and {written[fig]} ({len(t.df)} runs, {len(t.stale)} stale ignored);"
@@ -68,7 +70,7 @@ def run_multitask(cfg: DictConfig) -> dict:
             results_fig: results_plot,
             weights_fig: weights_plot,
             f"metrics/{name}.json": metrics,
-            f"plots/{name}.csv": "method,delta_m\n" + "".join(f"{m},{v}\n" for m, v in metrics["delta_m"].items()),
+            f"plots/{name}.csv": multitask.dvc_plot(t),
         },
     )
     n_runs = int(t.df[["method", "seed"]].drop_duplicates().shape[0])
@@ -85,7 +87,7 @@ def run_multitask(cfg: DictConfig) -> dict:
             "n_tasks_delta_m_per_task": len(t.tasks_used[0]) - len(t.zero_baseline),
             "delta_m_basis": t.basis[0],
         },
-        metrics={f"delta_m/{m.replace('+', '.')}": v for m, v in metrics["delta_m"].items()},  # MLflow keys allow no "+"
+        metrics={outputs.metric_key(f"{form}/{m}"): v for form, values in multitask.summary(t).items() for m, v in values.items()},
         run_metrics=multitask.run_delta_m(t),
     )
     print(f"report {name}: {', '.join(str(p) for p in written.values())}; MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
