@@ -281,3 +281,19 @@ def test_multitask_report_ignores_stale_records_and_lists_skipped_baselines(mt_c
     # Another configuration: every neural record is stale, and the report names what is missing.
     with pytest.raises(PipelineError, match=r"no multitask result of the current configuration for .*single_task\+equal/seed1\.json"):
         report.run(mt_cfg("multitask.lr=0.5"))
+
+
+def test_the_printed_mlflow_ui_command_runs_in_the_shell_it_is_printed_to(monkeypatch):
+    """`mlflow` where the shell finds this environment's; its path where the environment is not active."""
+    import sys
+    from pathlib import Path
+
+    from pipeline.stages.report import mlflow_ui
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    cmd = mlflow_ui("sqlite:///m.db")
+    exe = cmd.split(" ui ")[0]
+    assert cmd.endswith(" ui --backend-store-uri sqlite:///m.db") and exe != "mlflow"
+    assert (Path.cwd() / exe).resolve() == (Path(sys.executable).parent / "mlflow").resolve()
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    assert mlflow_ui("sqlite:///m.db") == "mlflow ui --backend-store-uri sqlite:///m.db"

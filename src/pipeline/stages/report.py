@@ -16,6 +16,20 @@ from omegaconf import DictConfig
 from pipeline.stages import hydra_entry
 
 
+def mlflow_ui(uri: str) -> str:
+    """The command that opens the UI on `uri`, runnable as printed: `mlflow` when the shell finds this
+    environment's, else its path (a shell without the activated environment finds none, or another)."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    here = Path(sys.executable).parent / "mlflow"
+    found = shutil.which("mlflow")
+    exe = "mlflow" if found and Path(found).resolve() == here.resolve() else os.path.relpath(here) if here.is_relative_to(Path.cwd()) else str(here)
+    return f"{exe} ui --backend-store-uri {uri}"
+
+
 def run(cfg: DictConfig) -> dict:
     from pipeline.stages import experiment_kind
 
@@ -49,7 +63,7 @@ def run_transfer(cfg: DictConfig) -> dict:
     )
     print(
         f"report {name}: {written[f'{name}.md']} and {written[fig]} ({len(t.df)} runs, {len(t.stale)} stale ignored);"
-        f" MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}"
+        f" MLflow UI: {mlflow_ui(tracking_uri(cfg.tracking.uri))}"
     )
     return metrics
 
@@ -90,7 +104,7 @@ def run_multitask(cfg: DictConfig) -> dict:
         metrics={outputs.metric_key(f"{form}/{m}"): v for form, values in multitask.summary(t).items() for m, v in values.items()},
         run_metrics=multitask.run_delta_m(t),
     )
-    print(f"report {name}: {', '.join(str(p) for p in written.values())}; MLflow UI: mlflow ui --backend-store-uri {tracking_uri(cfg.tracking.uri)}")
+    print(f"report {name}: {', '.join(str(p) for p in written.values())}; MLflow UI: {mlflow_ui(tracking_uri(cfg.tracking.uri))}")
     return metrics
 
 
