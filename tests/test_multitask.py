@@ -137,6 +137,11 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     assert len(client.get_metric_history(hard_up[0].info.run_id, "weight/task_0")) >= 2  # weights over training
     soft = [r for r in mt if r.data.tags["scheme"] == "soft"]
     assert len(soft) == 2 and sum(r.data.tags.get("selected") == "true" for r in soft) == 1  # coupling picked on val
+    # Short names; scheme, weighting and seed as params too; the task set as the dataset input.
+    assert hard_up[0].info.run_name == "hard+upgrad s0" and {r.info.run_name for r in soft} == {"soft+equal s0 c0", "soft+equal s0 c1"}
+    assert {k: hard_up[0].data.params[k] for k in ("scheme", "weighting", "seed")} == {"scheme": "hard", "weighting": "upgrad", "seed": "0"}
+    (ds,) = hard_up[0].inputs.dataset_inputs
+    assert (ds.dataset.name, ds.dataset.digest) == ("synthetic_related/tasks", hard_up[0].data.tags["data_hash"])
 
     metrics = report.run(cfg)
     assert metrics["delta_m"]["single_task+equal"] == pytest.approx(0.0)

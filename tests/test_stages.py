@@ -73,7 +73,7 @@ def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipelin
     source_id = pipeline_run["pretrain"]["run_id"]
     for r in (r for r in ft if r not in linear):
         assert all(r.data.tags.get(t) for t in REQUIRED_TAGS), r.data.tags
-        assert r.info.run_name == f"finetune/{r.data.tags['strategy']}/k{r.data.tags['budget']}/seed{r.data.tags['seed']}"
+        assert r.info.run_name == f"{r.data.tags['strategy']} k{r.data.tags['budget']} s{r.data.tags['seed']}"
         assert {"test/acc", "test/f1", "val/acc", "train/loss"} <= set(r.data.metrics)
         assert r.data.params["transfer.lr"] == str(cfg.transfer.lr)
         assert r.info.status == "FINISHED"

@@ -1,8 +1,14 @@
 """MLflow conventions in one place: store location, run names, tags, params, lineage.
 
-One MLflow experiment per scenario; run names `<stage>[/<variant>][/k<budget>][/seed<k>]`; every run
-tagged with stage, scenario, seed, git commit and data hash, plus `source_run_id` where a
-source model was used, so the UI's compare view lines strategies up and lineage can be followed.
+One MLflow experiment per scenario, of MLflow's training kind (`mlflow.experimentKind`:
+`custom_model_development`). Run names are short: `<strategy|method|stage>[ k<budget>][ s<seed>]`
+(`param_transfer k3 s0`, `hard+mgda s1`, `pretrain s0`), with ` job<n>` appended for the jobs of a
+Hydra multirun. Every run is tagged with stage, scenario, seed, git commit, data hash and launcher
+(`dvc`, `multirun`, `cli`, `python`); strategy, budget, seed, scheme and weighting are params as well
+as tags, so the compare view plots metrics against them. The task set a run used is an MLflow dataset
+input (digest: our content hash `data_hash`); the pretrain run logs the source model as an MLflow
+LoggedModel, and the runs that use it have it as a model input (and `source_run_id`, with a link in
+the run's description).
 """
 
 from __future__ import annotations
@@ -17,6 +23,14 @@ from typing import Any
 
 REQUIRED_TAGS = ("stage", "scenario", "seed", "git_commit", "data_hash")  # on every run; stages add theirs
 
+# The tag MLflow's UI reads to tell a training experiment (runs first) from a GenAI one (traces first).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Tags that are logged as params too (when a run has them), so charts can put them on an axis.
+PARAM_TAGS = ("strategy", "budget", "seed", "scheme", "weighting")
+# Files the pipeline itself rewrites while it runs (besides the outs of dvc.yaml): not code changes.
+PIPELINE_FILES = ("dvc.lock", "params.yaml")
+
 
 def tracking_uri(configured: str | None = None) -> str:
     """`MLFLOW_TRACKING_URI` (a server) wins; else the configured URI; else SQLite at the repo root."""
@@ -27,14 +41,88 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def pipeline_outputs(root: Path) -> list[str]:
+    """Paths (files, or folders ending in `/`) that `dvc repro` writes, relative to the repo root:
+    `dvc.lock`, `params.yaml` (DVC composes it from conf/) and the outs, metrics and plots of dvc.yaml
+    (a templated path such as `reports/${key}.md` counts as its folder, `reports/`)."""
+    import yaml
+
+    found = set(PIPELINE_FILES)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in ("outs", "metrics", "plots") and isinstance(value, list):
+                    for item in value:
+                        for path in item if isinstance(item, Mapping) else [item]:
+                            if isinstance(path, str):
+                                add(path)
+                else:
+                    walk(value)
+
+    def add(path: str) -> None:
+        if "${" in path:
+            folder = path[: path.index("${")].rpartition("/")[0]
+            if folder:
+                found.add(folder + "/")
+        else:
+            found.add(path)
+
+    try:
+        walk(yaml.safe_load((root / "dvc.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        pass
+    return sorted(found)
+
+
+def changed_files(porcelain: str) -> list[str]:
+    """The paths of `git status --porcelain -z` output (both sides of a rename)."""
+    entries, paths, i = porcelain.split("\0"), [], 0
+    while i < len(entries):
+        entry = entries[i]
+        if len(entry) > 3:
+            paths.append(entry[3:])
+            if entry[0] in "RC" or entry[1] in "RC":  # the next entry is the original path
+                i += 1
+                paths.append(entries[i])
+        i += 1
+    return paths
+
+
+def is_output(path: str, outputs: list[str]) -> bool:
+    return any(path == o.rstrip("/") or path.startswith(o.rstrip("/") + "/") for o in outputs)
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """HEAD, with `-dirty` when tracked files differ from it: code or config, not the files the pipeline
+    writes itself (`dvc repro` rewrites dvc.lock and reports/ while its runs are logged)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        git = ["git", "-c", "core.quotepath=off"]
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        root = Path(subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip())
+        status = subprocess.run([*git, "status", "--porcelain", "-z", "--untracked-files=no"], capture_output=True, text=True, cwd=root).stdout
+        outputs = pipeline_outputs(root)
+        dirty = any(not is_output(p, outputs) for p in changed_files(status))
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def launcher() -> dict[str, str]:
+    """How this process was started, as tags: `dvc` (a `dvc repro` stage), `multirun` (a job of a Hydra
+    `-m` sweep, with its job number), `cli` (one Hydra run) or `python` (a stage called directly)."""
+    if os.environ.get("DVC_STAGE"):
+        return {"launcher": "dvc", "dvc_stage": os.environ["DVC_STAGE"]}
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"launcher": "python"}
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return {"launcher": "multirun", "hydra_job": str(hydra_cfg.job.num), "hydra_overrides": " ".join(hydra_cfg.overrides.task)[:5000]}
+    return {"launcher": "cli"}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -56,9 +144,33 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_name(stage: str, variant: str | None, seed: int | None, budget: int | None = None) -> str:
-    parts = [stage] + ([variant] if variant else []) + ([f"k{budget}"] if budget is not None else []) + ([f"seed{seed}"] if seed is not None else [])
-    return "/".join(parts)
+def run_name(stage: str, variant: str | None, seed: int | None, budget: int | None = None, suffix: str | None = None) -> str:
+    """`<variant or stage>[ k<budget>][ s<seed>][ <suffix>]`: short enough for the UI's name column."""
+    parts = [variant or stage] + ([f"k{budget}"] if budget is not None else []) + ([f"s{seed}"] if seed is not None else [])
+    return " ".join(parts + ([suffix] if suffix else []))
+
+
+def dataset_input(name: str, data_hash: str, provenance: Mapping[str, Any], context: str):
+    """An MLflow dataset input: `name`, our content hash as its digest, and where the data came from (a
+    file: its local source; a package's loader: a code source tagged with the package and adapter)."""
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if provenance.get("file"):
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so on every call
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(provenance["file"]).resolve()))
+    else:
+        keys = ("adapter", "package", "version", "dataset", "representation")
+        source = CodeDatasetSource({k: str(provenance[k]) for k in keys if k in provenance})
+    meta = MetaDataset(source, name=name, digest=data_hash).to_dict()
+    dataset = Dataset(meta["name"], meta["digest"], meta["source_type"], meta["source"])
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 class Tracker:
@@ -70,15 +182,18 @@ class Tracker:
         self.uri = tracking_uri(uri)
         self.scenario = scenario
         self.client = MlflowClient(tracking_uri=self.uri)
+        self.launcher = launcher()
         exp = self.client.get_experiment_by_name(scenario)
         if exp is None:
             location = None
             if self.uri.startswith("sqlite:"):
                 # Keep artifacts beside the embedded store, not in whatever directory a stage ran from.
                 location = Path(artifact_root).resolve().joinpath(scenario).as_uri()
-            self.experiment_id = self.client.create_experiment(scenario, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(scenario, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
+            if not exp.tags.get(EXPERIMENT_KIND_TAG):  # made before the kind was set: the UI would open on traces
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def start(
         self,
@@ -90,14 +205,20 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         budget: int | None = None,
         source_run_id: str | None = None,
+        source_model_id: str | None = None,
+        dataset: tuple[str, Mapping[str, Any]] | None = None,
         tags: Mapping[str, str] | None = None,
+        suffix: str | None = None,
     ) -> str:
-        """A new run named `<stage>[/<variant>][/k<budget>][/seed<k>]`; its id.
+        """A new run named `<variant or stage>[ k<budget>][ s<seed>][ <suffix>]`; its id.
 
         variant: what distinguishes the run within its stage (a strategy, a method); its tag is the
         caller's business (`tags={"strategy": ...}`), since a strategy and a method are not the same thing.
+        dataset: (role, provenance) of the task set the run used (`("target", ts.provenance)`): logged as
+        the dataset input `<scenario>/<role>` with digest `data_hash`.
+        source_model_id: the source model (a LoggedModel of the pretrain run) the run used: a model input.
         """
-        from mlflow.entities import Param
+        from mlflow.entities import LoggedModelInput, Param
 
         all_tags = {
             "stage": stage,
@@ -105,18 +226,55 @@ class Tracker:
             "seed": "" if seed is None else str(seed),
             "git_commit": git_commit(),
             "data_hash": data_hash,
+            **self.launcher,
         }
         if budget is not None:
             all_tags["budget"] = str(budget)
         if source_run_id:
             all_tags["source_run_id"] = source_run_id
+            all_tags["mlflow.note.content"] = self.lineage_note(source_run_id, source_model_id)
         all_tags.update(tags or {})
-        run = self.client.create_run(self.experiment_id, run_name=run_name(stage, variant, seed, budget), tags=all_tags)
+        job = self.launcher.get("hydra_job")
+        name = run_name(stage, variant, seed, budget, " ".join(filter(None, [suffix, job and f"job{job}"])))
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
-        flat = list(flatten(params or {}).items())
-        for i in range(0, len(flat), 100):  # MLflow's per-call limit
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+        flat = flatten(params or {}) | {k: all_tags[k] for k in PARAM_TAGS if all_tags.get(k)}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow's per-call limit
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+        if dataset or source_model_id:
+            datasets = None
+            if dataset:
+                role, provenance = dataset
+                context = "eval" if stage in ("extract", "report") else "train"
+                datasets = [dataset_input(f"{self.scenario}/{role}", data_hash, provenance, context)]
+            models = [LoggedModelInput(source_model_id)] if source_model_id else None
+            self.client.log_inputs(run_id, datasets=datasets, models=models)
         return run_id
+
+    def lineage_note(self, source_run_id: str, source_model_id: str | None) -> str:
+        """The run's description (markdown, shown on its page): links to the source run and model."""
+        base = f"#/experiments/{self.experiment_id}"
+        note = f"Source model from the pretrain run [{source_run_id[:8]}]({base}/runs/{source_run_id})"
+        if source_model_id:
+            note += f", logged model [{source_model_id}]({base}/models/{source_model_id})"
+        return note + "."
+
+    def create_model(self, run_id: str, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """A new MLflow LoggedModel produced by `run_id` (its id goes into the checkpoint before the file
+        is written); `model_ready` then uploads the file and marks it READY."""
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id, params=flatten(params or {}), tags=dict(tags or {}), model_type="pytorch-checkpoint"
+        )
+        return model.model_id
+
+    def model_ready(self, run_id: str, model_id: str, path: str | Path) -> None:
+        """The model's file uploaded as its artifact, its status READY, and it an output of `run_id`."""
+        from mlflow.entities import LoggedModelOutput
+
+        self.client.log_model_artifact(model_id, str(path))
+        self.client.finalize_logged_model(model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
     @contextmanager
     def run(self, stage: str, **kwargs: Any) -> Iterator[str]:

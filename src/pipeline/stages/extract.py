@@ -80,7 +80,12 @@ def run(cfg: DictConfig) -> dict:
         summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}
     tracker = Tracker(name, cfg.tracking.uri)
     with tracker.run(
-        "extract", variant="source", data_hash=tgt.data_hash, params={"feature_dim": feats.shape[1]}, source_run_id=ckpt["run_id"]
+        "extract",
+        data_hash=tgt.data_hash,
+        params={"feature_dim": feats.shape[1]},
+        source_run_id=ckpt["run_id"],
+        source_model_id=ckpt.get("model_id"),
+        dataset=("target", tgt.provenance),
     ) as run_id:
         tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
         summary["run_id"] = run_id

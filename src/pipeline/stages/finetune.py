@@ -84,7 +84,14 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
             }
             seconds = time.perf_counter() - start
             with tracker.run(
-                "finetune", variant=name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags={"strategy": name, "classic": "true"}
+                "finetune",
+                variant=name,
+                seed=seed,
+                data_hash=tgt.data_hash,
+                params=params,
+                budget=k,
+                tags={"strategy": name, "classic": "true"},
+                dataset=("target", tgt.provenance),
             ) as run_id:
                 tracker.log_metrics(run_id, {**test, "fit/alpha": alpha, "fit/n_train": len(index["train"]), "fit/seconds": seconds})
             records.append(
@@ -179,9 +186,17 @@ def run(cfg: DictConfig) -> list[dict]:
             plan, params = plans[strategy_name], configured[strategy_name]
             uses_source = bool(plan.copied) or plan.inputs == "features"
             tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
-            lineage = {"source_run_id": ckpt["run_id"]} if uses_source else {}
+            lineage = {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")} if uses_source else {}
             with tracker.run(
-                "finetune", variant=strategy_name, seed=seed, data_hash=tgt.data_hash, params=params, budget=k, tags=tags, **lineage
+                "finetune",
+                variant=strategy_name,
+                seed=seed,
+                data_hash=tgt.data_hash,
+                params=params,
+                budget=k,
+                tags=tags,
+                dataset=("target", tgt.provenance),
+                **lineage,
             ) as run_id:
                 out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
                 result, seconds = out["result"], out["seconds"]

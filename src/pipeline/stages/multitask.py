@@ -246,6 +246,7 @@ def run(cfg: DictConfig) -> list[dict]:
                     data_hash=ts.data_hash,
                     params={"classic": c["params"]},
                     tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
+                    dataset=("tasks", ts.provenance),
                 ) as run_id:
                     tracker.log_metrics(run_id, c["test"])
                     c["run_id"] = run_id
@@ -259,7 +260,16 @@ def run(cfg: DictConfig) -> list[dict]:
                 params = {**configured, "arch": arch}  # the candidate's `auto` knobs resolved
                 method = f"{scheme}+{wname}"
                 tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
-                with tracker.run("multitask", variant=method, seed=seed, data_hash=ts.data_hash, params=params, tags=tags) as run_id:
+                with tracker.run(
+                    "multitask",
+                    variant=method,
+                    seed=seed,
+                    data_hash=ts.data_hash,
+                    params=params,
+                    tags=tags | ({"candidate": str(i)} if len(archs) > 1 else {}),
+                    dataset=("tasks", ts.provenance),
+                    suffix=f"c{i}" if len(archs) > 1 else None,
+                ) as run_id:
                     if batched[(scheme, wname, seed)]:
                         members = next(outs) if members is None else members  # a failed job raises here: its run ends FAILED
                         out = members[i]

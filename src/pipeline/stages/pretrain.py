@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     net = build(arch)
     tracker = Tracker(name, cfg.tracking.uri)
     params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
-    with tracker.run("pretrain", variant="source", seed=seed, data_hash=src.data_hash, params=params) as run_id:
+    with tracker.run("pretrain", seed=seed, data_hash=src.data_hash, params=params, dataset=("source", src.provenance)) as run_id:
         start = time.perf_counter()
         module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
         result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
@@ -71,9 +71,13 @@ def run(cfg: DictConfig) -> dict:
             "best_epoch_at_cap": at_cap,
             "seconds": round(seconds, 2),
         }
+        # The source model as an MLflow LoggedModel (the checkpoint file), which fine-tune runs take as input.
+        model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": src.data_hash, "task": task.name})
+        summary["model_id"] = model_id
         with atomic_dir(paths.source) as tmp:
-            save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash})
+            save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": src.data_hash})
             write_json(tmp / "summary.json", summary)
+        tracker.model_ready(run_id, model_id, paths.source / "model.pt")
     metric = task.primary
     if at_cap:
         print(
