@@ -25,7 +25,8 @@ demo demo-all: $(STAMP)
 	echo "" && echo "dvc repro finished in $$((end - start)) s" && echo "Reports:" && \
 	ls -1 reports/*.md reports/figures/*.png | sed 's/^/  /' && \
 	echo "Open the runs in the MLflow UI (then browse http://127.0.0.1:5000):" && \
-	echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db" && \
+	echo "  (in the UI's sidebar pick 'Machine learning': MLflow 3 opens experiments on GenAI traces)"
 
 test: lint
 	$(BIN)/python -m pytest

@@ -356,7 +356,7 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         "",
         f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}`"
         f" (`mlflow ui --backend-store-uri {mlflow_uri}`),"
-        " named `multitask/<scheme>+<weighting>/seed<seed>`, with task weights and gradient cosines logged per epoch.",
+        " named `<scheme>+<weighting> s<seed>`, with task weights and gradient cosines logged per epoch.",
         "",
     ]
     return "\n".join(lines)

@@ -273,7 +273,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "## Reproduce and inspect",
         "",
         f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
-        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `finetune/<strategy>/k<k>/seed<seed>`"
+        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `<strategy> k<k> s<seed>`"
         + (f"; the `{ZERO_SHOT}` row is the `extract/source` run." if ZERO_SHOT in order else "."),
         "",
     ]
