@@ -3,6 +3,7 @@ whose weights are known values."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -407,3 +408,92 @@ def test_a_group_option_reaches_the_optimizer(source):
     groups = module.configure_optimizers().param_groups
     assert [g["weight_decay"] for g in groups] == [0.0] * len(plan.param_groups)
     assert [g["lr"] for g in groups] == [g["lr"] for g in plan.param_groups]
+
+
+def test_lp_ft_and_gradual_unfreezing_phases_go_top_down(source):
+    lp = strategy("lp_ft").build(context(source), LR)
+    assert lp.phases == [["head"], ["backbone", "head"]] and lp.interpolate is None
+    gu = strategy("gradual_unfreezing").build(context(source), LR)
+    blocks = [f"backbone.blocks.{i}.linear" for i in range(len(source["arch"]["backbone"]["hidden"]))]
+    assert gu.phases == [["head"], *[[*blocks[i:], "head"] for i in range(len(blocks) - 1, -1, -1)]]
+    wise = strategy("wise_ft", alphas=[0.0, 0.5, 1.0]).build(context(source), LR)
+    assert wise.phases == lp.phases and wise.interpolate == [0.0, 0.5, 1.0]
+
+
+def _tiny_data(n=30, d=INPUT_DIM, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, classes, (n, 1), generator=g).float()
+    return {"train": (x, y), "val": (x[:10], y[:10]), "test": (x[10:20], y[10:20])}
+
+
+def _train(plan, max_epochs=3):
+    import functools
+
+    from pipeline.config import FitConfig, TrainerConfig
+    from pipeline.training import TaskModule
+    from pipeline.transfer.schedule import train_plan
+
+    settings = TrainerConfig(
+        accelerator="cpu", num_threads=1, workers=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+    )
+    run = FitConfig(lr=LR, batch_size=10, max_epochs=max_epochs, patience=max_epochs, min_steps_per_epoch=1)
+    module = TaskModule.single(plan.net, TARGET, plan.param_groups, functools.partial(torch.optim.SGD, lr=0.1), plan.extra_loss)
+    return train_plan(plan, module, _tiny_data(), run, settings, 0)
+
+
+def test_a_phase_trains_only_its_layers_and_phases_add_up(source):
+    torch.manual_seed(0)
+    plan = strategy("lp_ft").build(context(source), LR)
+    plan.phases = [["head"]]  # the linear probe alone
+    head0 = {n: p.detach().clone() for n, p in plan.net.named_parameters() if n.startswith("head")}
+    result = _train(plan)
+    for n, p in plan.net.named_parameters():
+        if n.startswith("backbone"):
+            assert torch.equal(p.detach(), source["state_dict"][n]), n  # frozen through the probe
+        else:
+            assert not torch.equal(p.detach(), head0[n]), n
+        assert p.requires_grad, n  # every layer trainable again afterwards
+    torch.manual_seed(0)
+    two = strategy("lp_ft").build(context(source), LR)
+    both = _train(two)
+    assert both.epochs == 6 and both.steps == 2 * result.steps  # 3 epochs x 3 steps, twice
+    steps = [step for key, _, step, _ in both.logged if key == "train/loss"]
+    assert steps == sorted(steps) and steps[-1] == both.steps  # one history across the phases
+
+
+def test_wise_ft_at_alpha_zero_and_one_keeps_the_endpoints(source):
+    """a = 0 leaves the linear-probed weights, a = 1 the fine-tuned ones; 0.5 the midpoint."""
+    from pipeline.transfer.schedule import mix
+
+    start = {"w": torch.tensor([0.0, 2.0]), "b": torch.tensor([1.0])}
+    end = {"w": torch.tensor([4.0, -2.0]), "b": torch.tensor([3.0])}
+    assert all(torch.equal(mix(start, end, 0.0)[n], start[n]) for n in start)
+    assert all(torch.equal(mix(start, end, 1.0)[n], end[n]) for n in end)
+    assert torch.equal(mix(start, end, 0.5)["w"], torch.tensor([2.0, 0.0]))
+
+    finals = {}
+    for alpha in (0.0, 1.0):
+        torch.manual_seed(0)
+        plan = strategy("wise_ft", alphas=[alpha]).build(context(source), LR)
+        result = _train(plan)
+        finals[alpha] = {n: p.detach().clone() for n, p in plan.net.named_parameters()}
+        assert ("fit/wise_alpha", alpha) in [(k, v) for k, v, _, _ in result.logged]
+    # a = 0: the backbone is still the source's (the probe froze it); a = 1: it moved in phase 2.
+    for n in finals[0.0]:
+        if n.startswith("backbone"):
+            assert torch.equal(finals[0.0][n], source["state_dict"][n]), n
+            assert not torch.equal(finals[1.0][n], source["state_dict"][n]), n
+
+
+def test_bss_penalty_is_eta_times_the_smallest_squared_singular_values(source):
+    plan = strategy("bss", eta=0.01, k=2).build(context(source), LR)
+    x = torch.randn(12, INPUT_DIM)
+    plan.net(x)
+    features = plan.net.backbone(x).detach()
+    sigma = torch.linalg.svdvals(features)
+    assert float(plan.extra_loss(plan.net)) == pytest.approx(0.01 * float((sigma[-2:] ** 2).sum()), rel=1e-5)
+    # It trains: the penalty reads the step's own features, whose graph the losses use too.
+    torch.manual_seed(0)
+    result = _train(strategy("bss", eta=0.01).build(context(source), LR))
+    assert result.steps == 9 and all(math.isfinite(v) for k, v, _, _ in result.logged if k == "train/loss")

@@ -119,7 +119,8 @@ def train_one(c: dict, job: tuple) -> dict:
     import torch
 
     from pipeline.stages.pretrain import split_tensors
-    from pipeline.training import TaskModule, fit
+    from pipeline.training import TaskModule
+    from pipeline.transfer.schedule import train_plan
 
     strategy_name, k, seed = job
     tgt, tcfg = c["tgt"], c["tcfg"]
@@ -130,7 +131,7 @@ def train_one(c: dict, job: tuple) -> dict:
     inputs = c["features"] if plan.inputs == "features" else tgt.x
     start = time.perf_counter()
     module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(c["optimizer"], "optimizer"), plan.extra_loss)
-    result = fit(module, split_tensors(tgt, inputs, index), tcfg, c["trainer"], seed)
+    result = train_plan(plan, module, split_tensors(tgt, inputs, index), tcfg, c["trainer"], seed)
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"])}
 
 

@@ -66,7 +66,8 @@ def backward_step(
     losses = masked_losses(tasks, out, y, dense)
     penalty = net.penalty()
     if penalty is not None:
-        penalty.backward()
+        # Kept: a penalty on the step's features (BSS) shares the forward graph the losses need next.
+        penalty.backward(retain_graph=True)
     if weighting.plain_sum:
         # What Weighting.backward does for equal weights, without listing parameters every step
         # (a tenth of a single-task step of the default MLP): a task is present when its loss has a

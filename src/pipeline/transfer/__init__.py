@@ -30,11 +30,17 @@ class TransferContext:
 @dataclass
 class TransferPlan:
     net: nn.Module
-    param_groups: list[dict]  # {"name", "params", "lr"}
+    param_groups: list[dict]  # {"name", "params", "lr", optimizer options...}
     inputs: str = "raw"  # "raw" target inputs, or "features" extracted by the source model
     copied: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
+    # Training in phases (`pipeline.transfer.schedule`): the layers (prefixes) that train in each
+    # phase, each phase a whole fit from the best weights of the one before; None = one phase.
+    phases: list[list[str]] | None = None
+    # WiSE-FT: mix the weights after the first phase (w0) and after the last (w1) as (1 - a) w0 + a w1,
+    # a chosen on validation among these values; None = no mixing.
+    interpolate: list[float] | None = None
 
     @property
     def reinitialised(self) -> list[str]:
