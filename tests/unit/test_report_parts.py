@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib
 import numpy as np
 import pandas as pd
-import matplotlib
 import pytest
 from omegaconf import OmegaConf
 
