@@ -114,11 +114,12 @@ def test_transfer_report_has_sanity_rows_and_says_when_a_linear_model_beats_ever
     _fake_transfer_chain(cfg, tmp_path)
     report.run(cfg)
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
-    assert "| linear | 0.200 ± 0.000 | 0.700 ± 0.000 |" in md and "| source_no_labels | 0.300 ± 0.000 | 0.300 ± 0.000 |" in md
+    assert "| linear | 0.200 [0.200, 0.200] | 0.700 [0.700, 0.700] |" in md
+    assert "| source_no_labels | 0.300 [0.300, 0.300] | 0.300 [0.300, 0.300] |" in md
     gains = md.split("## Gain over")[1].split("## Findings")[0]
     assert "| linear |" not in gains and "| source_no_labels |" not in gains
     findings = md.split("## Findings")[1].split("##")[0]
-    assert "- k=3: `linear` (a linear model on the same k rows, 0.700 ± 0.000) beats every network strategy" in findings
+    assert "- k=3: `linear` (a linear model on the same k rows, 0.700 [0.700, 0.700]) is above every network strategy on the mean" in findings
     assert "k=1: `linear`" not in findings and "`source_no_labels` (" not in findings
     assert "scores acc 0.300 on the target test split (row `source_no_labels`)" in md
     # The linear runs belong to the configuration: a stale one is named like a stale strategy run.
@@ -153,7 +154,7 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
     _fake_transfer_chain(cfg, tmp_path)
     report.run(cfg)
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
-    assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 ± 0.000 (0/2) ⚠ negative transfer |" in md
+    assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 [-0.060, -0.060] (0/2) ⚠ negative transfer |" in md
     assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
         "feature_retrain",
         "linear",

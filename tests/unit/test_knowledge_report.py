@@ -8,6 +8,7 @@ import statistics
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, atomic_file, read_json, write_json
@@ -99,10 +100,30 @@ def test_summarise_mean_std_and_paired_gain(results):
     # paired by seed: gains 0.20, 0.05, -0.05 at k=1; -0.05, -0.02, 0.01 at k=5
     assert a1["gain"] == pytest.approx(0.20 / 3)
     assert a1["gain_std"] == pytest.approx(statistics.stdev([0.20, 0.05, -0.05]))
-    assert a1["wins"] == 2 and not a1["negative"]
+    # 95 % paired t-interval: mean ± t(0.975, 2) sd / sqrt(3)
+    half = scipy_stats.t.ppf(0.975, 2) * statistics.stdev([0.20, 0.05, -0.05]) / math.sqrt(3)
+    assert (a1["gain_lo"], a1["gain_hi"]) == (pytest.approx(0.20 / 3 - half), pytest.approx(0.20 / 3 + half))
+    assert a1["wins"] == 2 and not a1["negative"] and not a1["better"]
+    # below scratch on average (and on 2 of 3 seeds), but the interval contains 0: no verdict either way
     assert a5["gain"] == pytest.approx(-0.02)
-    assert a5["wins"] == 1 and a5["negative"]
+    assert a5["gain_lo"] < 0 < a5["gain_hi"]
+    assert a5["wins"] == 1 and not a5["negative"] and not a5["better"]
     assert s1["gain"] == 0 and s1["wins"] == 0 and not s1["negative"]
+
+
+def test_summarise_verdicts_follow_the_paired_interval():
+    """Negative transfer only where the paired interval lies below 0, better only where above; one seed
+    has no interval and no verdict."""
+    rows = [("scratch", 1, i, v) for i, v in enumerate([0.50, 0.60, 0.40])]
+    rows += [("worse", 1, i, v) for i, v in enumerate([0.40, 0.49, 0.31])]  # -0.10, -0.11, -0.09
+    rows += [("better", 1, i, v) for i, v in enumerate([0.60, 0.72, 0.51])]  # +0.10, +0.12, +0.11
+    rows += [("scratch", 2, 0, 0.5), ("one_seed", 2, 0, 0.1)]
+    t = summarise(pd.DataFrame(rows, columns=["strategy", "budget", "seed", "acc"]), "acc", "scratch")
+    worse, better, one = _row(t, "worse", 1), _row(t, "better", 1), _row(t, "one_seed", 2)
+    assert worse["negative"] and not worse["better"] and worse["gain_hi"] < 0
+    assert better["better"] and not better["negative"] and better["gain_lo"] > 0
+    assert np.isnan(one["gain_lo"]) and not one["negative"] and not one["better"]
+    assert np.isnan(one["lo"]) and one["mean"] == pytest.approx(0.1)
 
 
 def test_summarise_lower_is_better_flips_gain(results):
@@ -110,7 +131,8 @@ def test_summarise_lower_is_better_flips_gain(results):
     a1, a5 = _row(t, "A", 1), _row(t, "A", 5)
     assert a1["mean"] == pytest.approx((0.70 + 0.65 + 0.35) / 3)  # the statistics themselves do not flip
     assert a1["gain"] == pytest.approx(-0.20 / 3)
-    assert a1["wins"] == 1 and a1["negative"]
+    assert a1["wins"] == 1 and not a1["negative"]  # its interval contains 0
+    assert a1["gain_lo"] == pytest.approx(-_row(summarise(results, "acc", "scratch"), "A", 1)["gain_hi"])  # the interval flips too
     assert a5["gain"] == pytest.approx(0.02)
     assert a5["wins"] == 2 and not a5["negative"]
 

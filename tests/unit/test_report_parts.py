@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -394,11 +395,39 @@ def test_label_efficiency_figure_has_a_log_axis_one_colour_per_strategy_and_the_
     assert ax.get_xscale() == "log"
     handles, labels = ax.get_legend_handles_labels()
     assert labels == ["scratch (baseline)", "param_transfer", "structure_transfer", "linear"]
-    colours = [h.lines[0].get_color() for h in handles]
+    colours = [h.get_color() for h in handles]
     assert len(set(map(str, colours))) == 4
+    # the 95 % intervals drawn as bands, one per strategy with several seeds, in its colour
+    rgb = lambda c: tuple(round(float(v), 4) for v in matplotlib.colors.to_rgb(c))  # noqa: E731
+    bands = {rgb(b.get_facecolor()[0]) for b in ax.collections}
+    assert len(ax.collections) == 4 and bands == {rgb(c) for c in colours}
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
     assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # outside the data
+
+
+def test_a_task_is_worse_than_the_baseline_only_where_its_paired_interval_lies_below_zero():
+    """Per-task flags follow the paired 95 % interval over seeds, as the transfer verdicts do: a lower
+    mean with an interval that contains 0 is no flag; a consistently lower score is one; with one
+    seed there is no interval and no flag. RMSE tasks flip the sign (lower is better)."""
+    from pipeline.report.delta_m import per_task
+
+    tasks = [TaskSpec("a", "classification", ["0", "1"]), TaskSpec("r", "regression")]
+    rows = []
+    base = {"a": [0.80, 0.70, 0.90], "r": [1.0, 1.2, 0.8]}
+    methods = {
+        "noisy": {"a": [0.85, 0.60, 0.88], "r": [0.9, 1.5, 0.85]},  # a: -0.02 on average, interval contains 0
+        "consistent": {"a": [0.75, 0.66, 0.84], "r": [1.1, 1.31, 0.92]},  # worse on both, on every seed
+    }
+    for method, values in {"base": base, **methods}.items():
+        for task, vs in values.items():
+            metric = "acc" if task == "a" else "rmse"
+            rows += [{"method": method, "seed": s, "task": task, "metric": metric, "value": v, "classic": False} for s, v in enumerate(vs)]
+    rows += [{"method": "one", "seed": 0, "task": "a", "metric": "acc", "value": 0.1, "classic": False}]
+    stats = per_task(pd.DataFrame(rows), tasks, "base").set_index(["method", "task"])
+    assert not stats.worse["noisy", "a"] and not stats.worse["noisy", "r"]
+    assert stats.worse["consistent", "a"] and stats.worse["consistent", "r"]
+    assert not stats.worse["one", "a"] and not stats.worse["base", "a"]

@@ -4,12 +4,37 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
 def spread(values: pd.Series) -> float:
     """Sample standard deviation (ddof=1); 0 for a single value."""
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the two ends of its Student-t interval (`level`) over the values (seeds); with one
+    value, the value three times (no spread to estimate: callers that draw verdicts check n >= 2)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def fmt_interval(mean: float, lo: float, hi: float, digits: int = 3, signed: bool = False) -> str:
+    """`0.620 [0.555, 0.685]`; the mean alone where there is no interval (one seed)."""
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f.format(mean)
+    return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def fmt(mean: float, std: float, digits: int = 3) -> str:

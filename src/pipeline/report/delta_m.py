@@ -34,7 +34,7 @@ import pandas as pd
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.report import spread
+from pipeline.report import interval, spread
 
 
 def primary_rows(df: pd.DataFrame, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
@@ -153,13 +153,20 @@ def verdict_basis(rows: Mapping[str, int], used: Sequence[str]) -> tuple[str, st
 
 
 def per_task(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> pd.DataFrame:
-    """Mean ± std of each task's primary metric per method, and whether it is worse than the baseline."""
+    """Mean ± std of each task's primary metric per method, and whether it is worse than the baseline:
+    the 95 % t-interval of the paired per-seed difference (signed so that higher is better) lies below
+    0. With one seed, or no paired baseline value, there is no interval and no flag."""
     prim = primary_rows(df, tasks)
     stats = prim.groupby(["method", "task"])["value"].agg(mean="mean", std=spread).reset_index()
-    base = stats[stats.method == baseline].set_index("task")["mean"]
-    higher = stats.task.map({t.name: t.higher_is_better for t in tasks}).astype(bool)
-    diff = stats["mean"] - stats.task.map(base)
-    stats["worse"] = np.where(higher, diff < 0, diff > 0) & (stats.method != baseline)
+    sign = {t.name: 1.0 if t.higher_is_better else -1.0 for t in tasks}
+    prim = prim[np.isfinite(prim.value.astype(float))]
+    base = prim[prim.method == baseline][["task", "seed", "value"]].rename(columns={"value": "base"})
+    classic = prim.classic.astype(bool)
+    pairs = pd.concat([prim[~classic].merge(base, on=["task", "seed"]), prim[classic].drop(columns="seed").merge(base, on="task")])
+    pairs["diff"] = pairs.task.map(sign) * (pairs.value.astype(float) - pairs.base.astype(float))
+    upper = {key: interval(g)[2] if len(g) >= 2 else np.nan for key, g in pairs.groupby(["method", "task"])["diff"]}
+    hi = pd.Series([upper.get((m, t), np.nan) for m, t in zip(stats.method, stats.task)], index=stats.index)
+    stats["worse"] = (hi < 0) & (stats.method != baseline)
     return stats
 
 
@@ -178,22 +185,6 @@ def task_changes(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> 
     both = both[both.base != 0]
     change = 100.0 * both.task.map(sign) * (both.value.astype(float) - both.base.astype(float)) / both.base.abs()
     return both.assign(change=change)[["method", "task", "seed", "change"]].reset_index(drop=True)
-
-
-def interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the two ends of its Student-t interval (`level`) over the values (seeds); with one
-    value, the value three times (no spread to estimate)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return mean, mean - half, mean + half
 
 
 def task_change_intervals(changes: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:

@@ -101,8 +101,8 @@ def label_efficiency(
     reference_label: str = "",
     sanity: Sequence[str] = (),
 ):
-    """Test metric against label budget (log axis), one colour per strategy in `order`: the baseline dashed,
-    the `sanity` rows dotted; the legend outside the axes."""
+    """Test metric against label budget (log axis), one colour per strategy in `order`, its 95 % t-interval
+    over seeds as a band: the baseline dashed, the `sanity` rows dotted; the legend outside the axes."""
     fig = _figure(figsize=(7.6, 4.2), dpi=120, layout="constrained")
     ax = fig.subplots()
     colour = colours(order)
@@ -110,7 +110,9 @@ def label_efficiency(
         s = stats[stats.strategy == name].sort_values("budget")
         style = "--" if name == baseline else ":" if name in sanity else "-"
         label = f"{name} (baseline)" if name == baseline else name
-        ax.errorbar(s.budget, s["mean"], yerr=s["std"], marker="o", capsize=3, label=label, color=colour[name], linestyle=style)
+        ax.plot(s.budget, s["mean"], marker="o", label=label, color=colour[name], linestyle=style)
+        if {"lo", "hi"} <= set(s) and s["lo"].notna().any():
+            ax.fill_between(s.budget, s["lo"], s["hi"], color=colour[name], alpha=0.12, linewidth=0)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="-.", linewidth=1, label=reference_label)
     ax.set_xscale("log")
@@ -118,7 +120,7 @@ def label_efficiency(
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.minorticks_off()
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
+    ax.set_ylabel(f"test {metric} (mean; band: 95 % t-interval over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

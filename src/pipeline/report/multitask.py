@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from pipeline.data import TaskSet
 from pipeline.errors import PipelineError
-from pipeline.report import baseline_first, fmt, listing, spread
+from pipeline.report import baseline_first, fmt, fmt_interval, listing, spread
 from pipeline.report.delta_m import common_tasks, delta_m, interval, per_task, task_change_intervals, task_changes, verdict_basis, zero_baseline
 
 
@@ -215,6 +215,13 @@ def load(cfg: DictConfig) -> MultitaskReport:
     return MultitaskReport(name, exp, ts, baseline, current, stale, skipped)
 
 
+def dm_verdict(lo: float, hi: float) -> str:
+    """What an interval of Δm says against the baseline."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return "✓ better" if lo > 0 else "⚠ worse" if hi < 0 else "(no detectable difference)"
+
+
 def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fig: str, mlflow_uri: str) -> str:
     ts, dm, stats, baseline = t.ts, t.dm, t.stats, t.baseline
     used, left_out = t.tasks_used
@@ -253,17 +260,21 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
     verdict_header = {k: f"{v} (%)" + (" ← verdict" if k == t.basis[0] else "") for k, v in _BASIS.items()}
     lines += [
         "",
-        f"## Δm against `{baseline}` (mean ± std over seeds)",
+        f"## Δm against `{baseline}` (mean ± std over seeds; verdict: mean and 95 % t-interval)",
         "",
-        f"| method | {verdict_header['delta_m_rows']} | {verdict_header['delta_m']} | seeds with Δm > 0 (verdict) | tasks worse than baseline |",
-        "|---|---|---|---|---|",
+        f"| method | {verdict_header['delta_m_rows']} | {verdict_header['delta_m']} | verdict Δm, 95 % t-interval | seeds with Δm > 0 |"
+        " tasks worse than baseline (paired interval below 0) |",
+        "|---|---|---|---|---|---|",
     ]
     worse = stats.groupby("method")["worse"].sum()
     mean_dm = dm.groupby("method").delta_m_verdict.mean()
+    ci = t.dm_intervals.set_index("method")
     for method in sorted(mean_dm.index, key=lambda m: (m != baseline, -mean_dm[m])):
         g = dm[dm.method == method]
+        lo, hi = (ci.lo[method], ci.hi[method]) if len(g) >= 2 else (np.nan, np.nan)
+        said = "–" if method == baseline else f"{fmt_interval(mean_dm[method], lo, hi, 2, signed=True)} {dm_verdict(lo, hi)}"
         lines.append(
-            f"| {method} | {fmt(g.delta_m_rows.mean(), spread(g.delta_m_rows), 2)} | {fmt(g.delta_m.mean(), spread(g.delta_m), 2)} | "
+            f"| {method} | {fmt(g.delta_m_rows.mean(), spread(g.delta_m_rows), 2)} | {fmt(g.delta_m.mean(), spread(g.delta_m), 2)} | {said} | "
             f"{'–' if method == baseline else f'{int((g.delta_m_verdict > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |"
         )
     classic_dm = t.classic_dm
@@ -272,17 +283,28 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
     top = None
     if len(neural):
         top = neural.idxmax()
-        wins, n = int((dm[dm.method == top].delta_m_verdict > 0).sum()), int((dm.method == top).sum())
-        if neural.max() <= 0:
-            verdict = "no joint method beats the baseline here"
-        elif wins == n:
-            verdict = f"joint training helps here, on every seed ({wins}/{n})"
+        lo, hi = ci.lo[top], ci.hi[top]
+        if (dm.method == top).sum() < 2:
+            verdict = "one seed: no interval, no verdict"
+        elif lo > 0:
+            verdict = "joint training helps here (the 95 % interval of Δm lies above 0)"
+        elif hi < 0:
+            verdict = "even the best joint method is worse than the baseline (its interval lies below 0)"
         else:
-            verdict = f"ahead on average but on {wins}/{n} seeds only: not a consistent gain"
-        lines.append(f"- Best joint neural method: `{top}`, Δm {neural.max():+.2f}% ({_BASIS[t.basis[0]]}) — {verdict}.")
-        losing = [m for m, v in neural.sort_values().items() if v < 0]
+            verdict = "no detectable difference from the baseline (its interval contains 0)"
+        lines.append(
+            f"- Best joint neural method: `{top}`, Δm {fmt_interval(neural.max(), lo, hi, 2, signed=True)}% ({_BASIS[t.basis[0]]}) — {verdict}."
+        )
+        several = [m for m in neural.index if (dm.method == m).sum() >= 2]
+        losing = [m for m in several if ci.hi[m] < 0]
+        helping = [m for m in several if ci.lo[m] > 0]
+        if helping:
+            lines.append(f"- Better than the baseline (Δm interval above 0): {', '.join(f'`{m}`' for m in helping)}.")
         if losing:
-            lines.append(f"- Below the baseline (negative transfer on average): {', '.join(f'`{m}`' for m in losing)}.")
+            lines.append(f"- Negative transfer (Δm interval below 0): {', '.join(f'`{m}`' for m in losing)}.")
+        rest = len(several) - len(helping) - len(losing)
+        if rest:
+            lines.append(f"- No detectable difference from the baseline for the other {rest} joint methods (their Δm intervals contain 0).")
     if classic_dm:
         lines.append("- Classic baselines against the same baseline: " + ", ".join(f"`{m}` Δm {v:+.2f}%" for m, v in classic_dm.items()) + ".")
         beaten_by = [m for m, v in classic_dm.items() if len(neural) and v > neural.max()]

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
 from pipeline.multitask.baselines import LINEAR
-from pipeline.report import baseline_first, fmt, listing, spread
+from pipeline.report import baseline_first, fmt_interval, interval, listing, spread
 from pipeline.report.outputs import metric_key
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
@@ -82,16 +83,20 @@ def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], 
 
 
 def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher_is_better: bool = True) -> pd.DataFrame:
-    """Per strategy x budget: mean, std, n over seeds, and (with a baseline) the gain over it at the same seed.
+    """Per strategy x budget: mean, std, n over seeds, the mean's 95 % t-interval (lo, hi; NaN with one
+    seed), and (with a baseline) the gain over it at the same seed with its paired interval.
 
     Seeds fix the labelled subset, so the gain is a paired difference, sign-flipped when lower is better:
-        gain(s, k) = mean over seeds i of  ±(M[s, k, i] - M[baseline, k, i]).
-    `wins` counts seeds where the strategy beat the baseline; `negative` flags a mean gain below zero
-    (negative transfer).
+        gain(s, k) = mean over seeds i of  ±(M[s, k, i] - M[baseline, k, i]),
+    and its interval is the t-interval of those per-seed differences. The verdict follows the interval:
+    `negative` (negative transfer) where it lies below zero, `better` where it lies above, neither
+    ("no detectable difference") where it contains zero. `wins` counts seeds where the strategy won.
     """
     sign = 1.0 if higher_is_better else -1.0
     df = df.dropna(subset=[metric])  # a sanity row may lack a secondary metric
-    stats = df.groupby(["strategy", "budget"])[metric].agg(mean="mean", std=spread, n="count")
+    groups = df.groupby(["strategy", "budget"])[metric]
+    stats = groups.agg(mean="mean", std=spread, n="count")
+    stats[["lo", "hi"]] = _intervals(groups)
     if baseline is not None and baseline in set(df["strategy"]):
         base = df[df.strategy == baseline].set_index(["budget", "seed"])[metric]
         paired = df.join(base.rename("base"), on=["budget", "seed"])
@@ -99,9 +104,17 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
         g = paired.groupby(["strategy", "budget"])["gain"]
         stats["gain"] = g.mean()
         stats["gain_std"] = g.agg(spread)
+        stats[["gain_lo", "gain_hi"]] = _intervals(g)
         stats["wins"] = g.agg(lambda s: int((s > 0).sum()))
-        stats["negative"] = stats["gain"] < 0
+        stats["negative"] = stats["gain_hi"] < 0  # NaN (one seed) compares False: no verdict
+        stats["better"] = stats["gain_lo"] > 0
     return stats.reset_index()
+
+
+def _intervals(groups) -> pd.DataFrame:
+    """(lo, hi) of each group's 95 % t-interval; NaN where a group has one value (no spread to estimate)."""
+    rows = {key: interval(v)[1:] if v.notna().sum() >= 2 else (np.nan, np.nan) for key, v in groups}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["lo", "hi"]).reindex(groups.size().index)
 
 
 @dataclass
@@ -231,39 +244,52 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         )
     networks = t.networks
     cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
-    lines += ["", f"## Test {primary} (mean ± std over {len(seeds)} seeds)", ""]
-    lines += _table(order, budgets, lambda s, b: fmt(cell[s, b].mean, cell[s, b].std) if (s, b) in cell else None)
+    lines += ["", f"## Test {primary} (mean and 95 % t-interval over {len(seeds)} seeds)", ""]
+    lines += _table(order, budgets, lambda s, b: fmt_interval(cell[s, b].mean, cell[s, b].lo, cell[s, b].hi) if (s, b) in cell else None)
     if len(order) > 1:
-        negatives = [(s, b, r.gain, r.wins) for (s, b), r in cell.items() if s in networks and s != baseline and r.negative]
+        compared = {(s, b): r for (s, b), r in cell.items() if s in networks and s != baseline}
+        negatives = sorted((s, b) for (s, b), r in compared.items() if r.negative)
+        better = sorted((s, b) for (s, b), r in compared.items() if r.better)
 
         def gain(s, b):
             if (s, b) not in cell:
                 return None
             r = cell[s, b]
-            return f"{r.gain:+.3f} ± {r.gain_std:.3f} ({r.wins}/{r.n})" + (" ⚠ negative transfer" if r.negative else "")
+            mark = " ⚠ negative transfer" if r.negative else " ✓ better" if r.better else ""
+            return f"{fmt_interval(r.gain, r.gain_lo, r.gain_hi, signed=True)} ({r.wins}/{r.n}){mark}"
 
-        lines += ["", f"## Gain over `{baseline}` in {primary} (paired by seed: mean ± std, seeds won)", ""]
+        lines += [
+            "",
+            f"## Gain over `{baseline}` in {primary} (paired by seed: mean, 95 % t-interval, seeds won)",
+            "",
+            f"⚠ negative transfer: the interval lies below 0; ✓ better: above 0; no mark: no detectable difference"
+            f" (the interval contains 0). With {len(seeds)} seeds a t-interval spans about"
+            f" ±{_t_factor(len(seeds)):.1f} standard errors.",
+            "",
+        ]
         lines += _table(networks[1:], budgets, gain)
         lines += ["", "## Findings", ""]
         for b in budgets:
             at_b = stats[(stats.budget == b) & stats.strategy.isin(networks)]
             best = at_b.loc[at_b["mean"].idxmax() if task.higher_is_better else at_b["mean"].idxmin()]
-            lines.append(f"- k={b}: best network strategy is `{best.strategy}` ({fmt(best['mean'], best['std'])}).")
+            lines.append(f"- k={b}: highest mean among network strategies: `{best.strategy}` ({fmt_interval(best['mean'], best['lo'], best['hi'])}).")
             lines += sanity_findings(t, b, best)
+        cells = lambda keys: ", ".join(f"`{s}` at k={b} ({cell[s, b].gain:+.3f})" for s, b in keys)  # noqa: E731
+        if better:
+            lines.append(f"- Better than `{baseline}` (paired interval above 0): {cells(better)}.")
         if negatives:
-            # Losing on every seed is a consistent effect; losing on average only may be seed noise.
-            every = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in sorted(negatives) if w == 0]
-            some = [f"`{s}` at k={b} ({g:+.3f})" for s, b, g, w in sorted(negatives) if w > 0]
-            if every:
-                lines.append(f"- Negative transfer on every seed (below `{baseline}` each time): {', '.join(every)}.")
-            if some:
-                lines.append(f"- Below `{baseline}` on average but not on every seed: {', '.join(some)}.")
-        else:
-            lines.append(f"- No strategy falls below `{baseline}` on average at any budget.")
+            lines.append(f"- Negative transfer (paired interval below 0): {cells(negatives)}.")
+        rest = len(compared) - len(better) - len(negatives)
+        lines.append(
+            f"- No detectable difference from `{baseline}` in the other {rest} of {len(compared)} strategy × budget comparisons"
+            " (their paired intervals contain 0); more seeds narrow the intervals."
+            if rest
+            else f"- Every strategy × budget comparison with `{baseline}` has a verdict."
+        )
     for m in task.metrics[1:]:
         sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
-        lines += ["", f"## Test {m} (mean ± std)", ""]
-        lines += _table(order, budgets, lambda s, b, sub=sub: fmt(sub[s, b].mean, sub[s, b].std) if (s, b) in sub else None)
+        lines += ["", f"## Test {m} (mean and 95 % t-interval)", ""]
+        lines += _table(order, budgets, lambda s, b, sub=sub: fmt_interval(sub[s, b].mean, sub[s, b].lo, sub[s, b].hi) if (s, b) in sub else None)
     lines += [
         "",
         "## Figure",
@@ -280,6 +306,13 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     return "\n".join(lines)
 
 
+def _t_factor(n: int) -> float:
+    """The Student-t quantile a 95 % interval over n seeds multiplies the standard error by."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
 def sanity_findings(t: TransferReport, budget: int, best) -> list[str]:
     """A line for each sanity row that beats every network strategy at this budget (`best`: the best one's stats)."""
     sign = 1.0 if t.task.higher_is_better else -1.0
@@ -290,8 +323,8 @@ def sanity_findings(t: TransferReport, budget: int, best) -> list[str]:
             continue
         what = "the source model with no target labels" if s == ZERO_SHOT else "a linear model on the same k rows"
         lines.append(
-            f"- k={budget}: `{s}` ({what}, {fmt(row['mean'].iloc[0], row['std'].iloc[0])}) beats every network strategy"
-            f" (best `{best.strategy}`, {best['mean']:.3f}): the networks are not earning their keep here."
+            f"- k={budget}: `{s}` ({what}, {fmt_interval(row['mean'].iloc[0], row['lo'].iloc[0], row['hi'].iloc[0])}) is above every"
+            f" network strategy on the mean (best `{best.strategy}`, {best['mean']:.3f}): the networks are not earning their keep here."
         )
     return lines
 
