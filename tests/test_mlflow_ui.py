@@ -121,7 +121,7 @@ def test_mlflow_ui_shows_runs_params_datasets_and_the_source_model(pipeline_run,
     # model as input for the strategies that use it, with a link to the source run in the description.
     ft = by_stage["finetune"]  # other tests of the session may add runs to this store: all are checked
     assert {(r["tags"]["strategy"], r["tags"]["budget"], r["tags"]["seed"]) for r in ft} == {
-        (s, k, seed) for s in (*STRATEGIES, "linear") for k in "13" for seed in "01"
+        (s, k, seed) for s in (*STRATEGIES, "linear", "linear_features") for k in "13" for seed in "01"
     }
     for r in ft:
         tags, params = r["tags"], r["params"]

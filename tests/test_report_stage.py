@@ -53,21 +53,23 @@ def _fake_transfer_chain(cfg, root, linear=LINEAR) -> None:
                         "test": {"test/acc": 0.3 + 0.1 * k + 0.02 * i + 0.01 * seed, "test/f1": 0.5, "test/loss": 1.0},
                     },
                 )
-    d = digest({**linear_params(cfg), "data_hash": "hash-t"})
-    for k in (1, 3):
-        for seed in (0, 1):
-            write_json(
-                exp / "finetune" / "linear" / f"k{k}_seed{seed}.json",
-                {
-                    "config_digest": d,
-                    "strategy": "linear",
-                    "classic": True,
-                    "budget": k,
-                    "seed": seed,
-                    "run_id": f"lin-{k}-{seed}",
-                    "test": linear[k],
-                },
-            )
+    features = {1: {"test/acc": 0.1, "test/f1": 0.1}, 3: {"test/acc": 0.2, "test/f1": 0.2}}  # below every network
+    for name, values in (("linear", linear), ("linear_features", features)):
+        d = digest({**linear_params(cfg, name, "src-run"), "data_hash": "hash-t"})
+        for k in (1, 3):
+            for seed in (0, 1):
+                write_json(
+                    exp / "finetune" / name / f"k{k}_seed{seed}.json",
+                    {
+                        "config_digest": d,
+                        "strategy": name,
+                        "classic": True,
+                        "budget": k,
+                        "seed": seed,
+                        "run_id": f"{name}-{k}-{seed}",
+                        "test": values[k],
+                    },
+                )
 
 
 def _files(path) -> list[str]:
@@ -89,14 +91,15 @@ def test_transfer_report_reads_only_current_runs_and_says_which_it_ignored(make_
         {"config_digest": "x", "strategy": "old_strategy", "budget": 1, "seed": 0, "run_id": "o", "test": {"test/acc": 0.99}},
     )
     metrics = report.run(cfg)
-    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"}
+    assert set(metrics) == {*STRATEGIES, "linear", "linear_features", "source_no_labels"}
     assert metrics["scratch"] == {"k01": pytest.approx(0.405), "k03": pytest.approx(0.605)}  # seeds 0 and 1 only, not the stale 0.99
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
-    assert "20 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
+    assert "24 fine-tune runs of the current configuration; 2 result files of other configurations or runs ignored (stale):" in md
     assert "`old_strategy/k1_seed0.json`" in md and "`scratch/k1_seed5.json`" in md
     assert "Gain over `scratch`" in md and "target labels per class" not in md  # the unit is in the text, the axis is in the figure
     plot = (tmp_path / "reports" / "plots" / "mnist_to_digits.csv").read_text().splitlines()
-    assert plot[0] == "labels_per_class," + ",".join([*STRATEGIES, "linear", "source_no_labels"]) and len(plot) == 3  # as dvc.yaml reads it
+    columns = [*STRATEGIES, "linear", "linear_features", "source_no_labels"]
+    assert plot[0] == "labels_per_class," + ",".join(columns) and len(plot) == 3  # as dvc.yaml reads it
     # The report run in MLflow holds the summary it reports: means and paired gains per strategy and budget.
     from support import mlflow_runs
 
@@ -158,6 +161,7 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
     assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
         "feature_retrain",
         "linear",
+        "linear_features",
         "param_transfer",
         "scratch",
         "source_no_labels",

@@ -63,14 +63,17 @@ def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipelin
     _, runs = mlflow_runs(cfg, "mnist_to_digits")
     ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
     assert {(r.data.tags["strategy"], r.data.tags["budget"], r.data.tags["seed"]) for r in ft} == {
-        (s, str(k), str(seed)) for s in [*STRATEGIES, "linear"] for k in (1, 3) for seed in (0, 1)
+        (s, str(k), str(seed)) for s in [*STRATEGIES, "linear", "linear_features"] for k in (1, 3) for seed in (0, 1)
     }
-    # The linear sanity baseline: one run per budget x seed, on the same k labels per class, no source.
-    linear = [r for r in ft if r.data.tags["strategy"] == "linear"]
-    assert all(r.data.tags["classic"] == "true" and "source_run_id" not in r.data.tags for r in linear)
+    # The linear sanity baselines: one run per budget x seed, on the same k labels per class; the one on
+    # the raw inputs uses no source, the one on the source's features points at its pretrain run.
+    source_id = pipeline_run["pretrain"]["run_id"]
+    linear = [r for r in ft if r.data.tags["strategy"] in ("linear", "linear_features")]
+    for r in linear:
+        assert r.data.tags["classic"] == "true"
+        assert r.data.tags.get("source_run_id") == (source_id if r.data.tags["strategy"] == "linear_features" else None)
     assert all({"test/acc", "test/f1", "fit/alpha"} <= set(r.data.metrics) for r in linear)
     assert {r.data.tags["budget"]: r.data.metrics["fit/n_train"] for r in linear} == {"1": 10.0, "3": 30.0}
-    source_id = pipeline_run["pretrain"]["run_id"]
     for r in (r for r in ft if r not in linear):
         assert all(r.data.tags.get(t) for t in REQUIRED_TAGS), r.data.tags
         assert r.info.run_name == f"{r.data.tags['strategy']} k{r.data.tags['budget']} s{r.data.tags['seed']}"
@@ -92,7 +95,7 @@ def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
     png = tmp / "reports" / "figures" / "mnist_to_digits_label_efficiency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((tmp / "reports" / "metrics" / "mnist_to_digits.json").read_text())
-    assert set(metrics) == {*STRATEGIES, "linear", "source_no_labels"} and set(metrics["scratch"]) == {"k01", "k03"}
+    assert set(metrics) == {*STRATEGIES, "linear", "linear_features", "source_no_labels"} and set(metrics["scratch"]) == {"k01", "k03"}
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
     rep = [r for r in runs if r.data.tags["stage"] == "report"]
     assert len(rep) == 1
@@ -176,8 +179,8 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
 
     _, runs = mlflow_runs(cfg, "diabetes")
     ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
-    assert len(ft) == 2 * (len(STRATEGIES) + 1) and all({"test/rmse", "test/r2"} <= set(r.data.metrics) for r in ft)
-    assert sum(r.data.tags["strategy"] == "linear" for r in ft) == 2
+    assert len(ft) == 2 * (len(STRATEGIES) + 2) and all({"test/rmse", "test/r2"} <= set(r.data.metrics) for r in ft)
+    assert sum(r.data.tags["strategy"] == "linear" for r in ft) == 2 and sum(r.data.tags["strategy"] == "linear_features" for r in ft) == 2
     ext = [r for r in runs if r.data.tags["stage"] == "extract"]
     assert ext[0].data.metrics["knowledge/zero_shot_rmse"] == pytest.approx(knowledge["zero_shot_rmse"])
     # RMSE is in the target's unit (disease progression, std ~77): a model that learnt something

@@ -94,6 +94,7 @@ def _predict(model, task: TaskSpec, x: np.ndarray) -> np.ndarray:
 
 # The name a transfer report and MLflow give the linear sanity baseline (ridge or logistic regression).
 LINEAR = "linear"
+LINEAR_FEATURES = "linear_features"  # the same on the source network's features (transfer experiments)
 
 
 def linear_on_budget(x: np.ndarray, y: np.ndarray, task: TaskSpec, index: dict[str, np.ndarray], alphas: Sequence[float] = ALPHAS):

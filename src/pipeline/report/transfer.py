@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
-from pipeline.multitask.baselines import LINEAR
+from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
 from pipeline.report import baseline_first, fmt_interval, interval, listing, spread
 from pipeline.report.outputs import metric_key
 
@@ -36,12 +36,12 @@ def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_i
     from pipeline.stages.finetune import linear_params, run_params, selected
     from pipeline.tracking import digest
 
-    strategies, linear = selected(cfg)
+    strategies, classic = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     digests = {s: digest({**run_params(cfg, s), "data_hash": data_hash, "source_run_id": source_run_id}) for s in strategies}
-    if linear:
-        digests[LINEAR] = digest({**linear_params(cfg), "data_hash": data_hash})
+    for c in classic:  # the raw-input baseline's digest names no source: it does not depend on one
+        digests[c] = digest({**linear_params(cfg, c, source_run_id), "data_hash": data_hash})
     return {(s, int(b), int(seed)): d for s, d in digests.items() for b in budgets for seed in seeds}
 
 
@@ -174,7 +174,7 @@ def load(cfg: DictConfig) -> TransferReport:
     if baseline not in set(df.strategy):
         raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
     df = with_zero_shot(df, task, knowledge)
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (LINEAR, ZERO_SHOT))
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (LINEAR, LINEAR_FEATURES, ZERO_SHOT))
 
 
 def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:
@@ -237,9 +237,11 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     linear = [s for s in t.sanity if s in order and s != ZERO_SHOT]
     if linear:
         model = "ridge regression" if task.kind == "regression" else "logistic regression"
+        on = {LINEAR: "the raw inputs", LINEAR_FEATURES: "the frozen source network's features"}
         lines.append(
-            f"- Sanity rows: `{linear[0]}` is a {model} fitted on the same k target rows as the strategies (regularisation chosen"
-            " on the same validation labels), paired by seed"
+            f"- Sanity rows: {' and '.join(f'`{s}`' for s in linear)} {'are' if len(linear) > 1 else 'is'} a {model} fitted on the same k"
+            f" target rows as the strategies ({', '.join(f'`{s}` on {on[s]}' for s in linear)}; regularisation chosen on the same"
+            " validation labels), paired by seed"
             + (f"; `{ZERO_SHOT}` is the source model with no target labels (the same value at every k)." if ZERO_SHOT in order else ".")
         )
     networks = t.networks
@@ -321,7 +323,10 @@ def sanity_findings(t: TransferReport, budget: int, best) -> list[str]:
         row = t.stats[(t.stats.strategy == s) & (t.stats.budget == budget)]
         if row.empty or not sign * (row["mean"].iloc[0] - best["mean"]) > 0:
             continue
-        what = "the source model with no target labels" if s == ZERO_SHOT else "a linear model on the same k rows"
+        what = {
+            ZERO_SHOT: "the source model with no target labels",
+            LINEAR_FEATURES: "a linear model on the source's features of the same k rows",
+        }.get(s, "a linear model on the same k rows")
         lines.append(
             f"- k={budget}: `{s}` ({what}, {fmt_interval(row['mean'].iloc[0], row['lo'].iloc[0], row['hi'].iloc[0])}) is above every"
             f" network strategy on the mean (best `{best.strategy}`, {best['mean']:.3f}): the networks are not earning their keep here."

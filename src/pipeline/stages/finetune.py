@@ -6,10 +6,12 @@ One MLflow run per strategy x label budget x seed, trained side by side on the m
 The seed fixes both the initialisation and which k labels per class are drawn, so at one seed every
 strategy sees the same labelled examples and their differences are paired.
 
-Next to the strategies, a linear sanity baseline (`linear`: ridge for regression, logistic regression for classes;
-`multitask.baselines.linear_on_budget`) is fitted on the same k labelled rows per budget x seed, alpha
-chosen on the same validation labels: one MLflow run each (tag `classic`), its record next to the
-strategies' (`classic: true`). `strategy=<its name>` selects it alone; null fits it with the rest.
+Next to the strategies, two linear sanity baselines (ridge for regression, logistic regression for
+classes; `multitask.baselines.linear_on_budget`) are fitted on the same k labelled rows per budget x
+seed, alpha chosen on the same validation labels: `linear` on the raw inputs, and `linear_features` on
+the frozen source network's features (`extract`), so a network strategy that loses to a linear model
+on the source's own features shows. One MLflow run each (tag `classic`), its record next to the
+strategies' (`classic: true`). `strategy=<its name>` selects one alone; null fits them with the rest.
 """
 
 from __future__ import annotations
@@ -33,20 +35,23 @@ def run_params(cfg: DictConfig, strategy_name: str) -> dict:
     }
 
 
-def selected(cfg: DictConfig) -> tuple[list[str], bool]:
-    """The transfer strategies the `strategy` selector picks, and whether it picks the linear baseline
-    (`linear`) too (null picks all of them and it)."""
-    from pipeline.multitask.baselines import LINEAR
+def selected(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The transfer strategies the `strategy` selector picks, and the linear baselines it picks
+    (`linear`, `linear_features`; null picks all of them)."""
+    from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
 
-    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), LINEAR], "strategy")
-    return [s for s in chosen if s != LINEAR], LINEAR in chosen
+    classic = [LINEAR, LINEAR_FEATURES]
+    chosen = pick(cfg.get("strategy"), [*cfg.transfer.strategies.keys(), *classic], "strategy")
+    return [s for s in chosen if s not in classic], [s for s in classic if s in chosen]
 
 
-def linear_params(cfg: DictConfig) -> dict:
-    """What the linear baseline's runs are configured with (as run_params for a strategy)."""
+def linear_params(cfg: DictConfig, name: str | None = None, source_run_id: str | None = None) -> dict:
+    """What a linear baseline's runs are configured with (as run_params for a strategy): `linear`
+    (default) on the raw inputs; `linear_features` on the features of the source run's network."""
     from pipeline.multitask.baselines import ALPHAS, LINEAR
 
-    return {"classic": LINEAR, "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
+    params = {"classic": LINEAR, "alphas": list(ALPHAS), "val_labels": cfg.transfer.val_labels}
+    return params if name in (None, LINEAR) else params | {"classic": name, "inputs": "source features", "source_run_id": source_run_id}
 
 
 def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
@@ -62,23 +67,24 @@ def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str)
     }
 
 
-def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> list[dict]:
-    """The linear sanity baseline at every budget x seed: one MLflow run and one result record each."""
+def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict) -> list[dict]:
+    """The linear sanity baseline `name` on inputs x (the raw inputs, or the source's features) at every
+    budget x seed: one MLflow run and one result record each."""
     import torch
 
-    from pipeline.multitask.baselines import linear_on_budget
+    from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
     from pipeline.tracking import digest
     from pipeline.training import per_task_metrics
 
     task, y = tgt.tasks[0], tgt.y[:, 0]
-    params = linear_params(cfg)
-    name = params["classic"]
+    params = linear_params(cfg, name, source["run_id"])
+    lineage = {"source_run_id": source["run_id"], "source_model_id": source.get("model_id")} if name == LINEAR_FEATURES else {}
     records = []
     for k in budgets:
         for seed in seeds:
             index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
             start = time.perf_counter()
-            pred, alpha = linear_on_budget(tgt.x, y, task, index)
+            pred, alpha = linear_on_budget(x, y, task, index)
             test = {
                 f"test/{m}": v for m, v in per_task_metrics([task], [torch.as_tensor(pred)], torch.as_tensor(y[index["test"], None]), False).items()
             }
@@ -92,6 +98,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker) -> 
                 budget=k,
                 tags={"strategy": name, "classic": "true"},
                 dataset=("target", tgt.provenance),
+                **lineage,
             ) as run_id:
                 tracker.log_metrics(run_id, {**test, "fit/alpha": alpha, "fit/n_train": len(index["train"]), "fit/seconds": seconds})
             records.append(
@@ -141,7 +148,7 @@ def run(cfg: DictConfig) -> list[dict]:
     # User input first: a mistake in it is reported before torch and Lightning load.
     trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
-    strategy_names, linear = selected(cfg)
+    strategy_names, classic = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
     seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
     if tcfg.val_labels not in ("budget", "all"):
@@ -152,6 +159,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
+    from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext
@@ -180,8 +188,9 @@ def run(cfg: DictConfig) -> list[dict]:
     results = []
     with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
         tracker = Tracker(name, cfg.tracking.uri)
-        if linear:  # fitted here while the workers train
-            linear_results = fit_linear(cfg, name, tgt, budgets, seeds, tracker)
+        # The linear baselines are fitted here while the workers train.
+        inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
+        linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
         configured = {s: run_params(cfg, s) for s in strategy_names}
         for strategy_name, k, seed in job_list:
             plan, params = plans[strategy_name], configured[strategy_name]
@@ -231,8 +240,7 @@ def run(cfg: DictConfig) -> list[dict]:
                 f"{ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {seconds:5.1f}s",
                 flush=True,
             )
-    if linear:
-        results += linear_results
+    results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)
