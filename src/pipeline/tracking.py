@@ -75,20 +75,6 @@ def pipeline_outputs(root: Path) -> list[str]:
     return sorted(found)
 
 
-def changed_files(porcelain: str) -> list[str]:
-    """The paths of `git status --porcelain -z` output (both sides of a rename)."""
-    entries, paths, i = porcelain.split("\0"), [], 0
-    while i < len(entries):
-        entry = entries[i]
-        if len(entry) > 3:
-            paths.append(entry[3:])
-            if entry[0] in "RC" or entry[1] in "RC":  # the next entry is the original path
-                i += 1
-                paths.append(entries[i])
-        i += 1
-    return paths
-
-
 def is_output(path: str, outputs: list[str]) -> bool:
     return any(path == o.rstrip("/") or path.startswith(o.rstrip("/") + "/") for o in outputs)
 
@@ -101,9 +87,10 @@ def git_commit() -> str:
         git = ["git", "-c", "core.quotepath=off"]
         sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         root = Path(subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip())
-        status = subprocess.run([*git, "status", "--porcelain", "-z", "--untracked-files=no"], capture_output=True, text=True, cwd=root).stdout
+        # Tracked files that differ from HEAD, staged or not (both sides of a rename).
+        changed = subprocess.run([*git, "diff", "HEAD", "--name-only", "--no-renames", "-z"], capture_output=True, text=True, cwd=root).stdout
         outputs = pipeline_outputs(root)
-        dirty = any(not is_output(p, outputs) for p in changed_files(status))
+        dirty = any(not is_output(p, outputs) for p in changed.split("\0") if p)
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -206,7 +193,7 @@ class Tracker:
         budget: int | None = None,
         source_run_id: str | None = None,
         source_model_id: str | None = None,
-        dataset: tuple[str, Mapping[str, Any]] | None = None,
+        dataset: tuple | None = None,
         tags: Mapping[str, str] | None = None,
         suffix: str | None = None,
     ) -> str:
@@ -214,8 +201,8 @@ class Tracker:
 
         variant: what distinguishes the run within its stage (a strategy, a method); its tag is the
         caller's business (`tags={"strategy": ...}`), since a strategy and a method are not the same thing.
-        dataset: (role, provenance) of the task set the run used (`("target", ts.provenance)`): logged as
-        the dataset input `<scenario>/<role>` with digest `data_hash`.
+        dataset: (role, provenance[, context]) of the task set the run used (`("target", ts.provenance)`):
+        logged as the dataset input `<scenario>/<role>` with digest `data_hash`, context `train` unless given.
         source_model_id: the source model (a LoggedModel of the pretrain run) the run used: a model input.
         """
         from mlflow.entities import LoggedModelInput, Param
@@ -245,8 +232,7 @@ class Tracker:
         if dataset or source_model_id:
             datasets = None
             if dataset:
-                role, provenance = dataset
-                context = "eval" if stage in ("extract", "report") else "train"
+                role, provenance, context = (*dataset, "train")[:3]
                 datasets = [dataset_input(f"{self.scenario}/{role}", data_hash, provenance, context)]
             models = [LoggedModelInput(source_model_id)] if source_model_id else None
             self.client.log_inputs(run_id, datasets=datasets, models=models)

@@ -15,7 +15,7 @@ def spread(values: pd.Series) -> float:
 
 def interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and the two ends of its Student-t interval (`level`) over the values (seeds); with one
-    value, the value three times (no spread to estimate: callers that draw verdicts check n >= 2)."""
+    value there is no spread to estimate, so the ends are NaN (and every verdict on them is none)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
@@ -24,7 +24,7 @@ def interval(values, level: float = 0.95) -> tuple[float, float, float]:
         return float("nan"), float("nan"), float("nan")
     mean = float(v.mean())
     if len(v) < 2:
-        return mean, mean, mean
+        return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
     return mean, mean - half, mean + half
 

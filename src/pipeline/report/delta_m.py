@@ -164,7 +164,7 @@ def per_task(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str) -> pd.D
     classic = prim.classic.astype(bool)
     pairs = pd.concat([prim[~classic].merge(base, on=["task", "seed"]), prim[classic].drop(columns="seed").merge(base, on="task")])
     pairs["diff"] = pairs.task.map(sign) * (pairs.value.astype(float) - pairs.base.astype(float))
-    upper = {key: interval(g)[2] if len(g) >= 2 else np.nan for key, g in pairs.groupby(["method", "task"])["diff"]}
+    upper = {key: interval(g)[2] for key, g in pairs.groupby(["method", "task"])["diff"]}
     hi = pd.Series([upper.get((m, t), np.nan) for m, t in zip(stats.method, stats.task)], index=stats.index)
     stats["worse"] = (hi < 0) & (stats.method != baseline)
     return stats

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -26,6 +25,7 @@ from pipeline.report.outputs import metric_key
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
 ZERO_SHOT = "source_no_labels"
+INPUTS = {LINEAR: "the raw inputs", LINEAR_FEATURES: "the frozen source network's features"}  # what each linear sanity row reads
 
 
 def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_id: str) -> dict[tuple[str, int, int], str]:
@@ -113,7 +113,7 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
 
 def _intervals(groups) -> pd.DataFrame:
     """(lo, hi) of each group's 95 % t-interval; NaN where a group has one value (no spread to estimate)."""
-    rows = {key: interval(v)[1:] if v.notna().sum() >= 2 else (np.nan, np.nan) for key, v in groups}
+    rows = {key: interval(v)[1:] for key, v in groups}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lo", "hi"]).reindex(groups.size().index)
 
 
@@ -237,10 +237,9 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     linear = [s for s in t.sanity if s in order and s != ZERO_SHOT]
     if linear:
         model = "ridge regression" if task.kind == "regression" else "logistic regression"
-        on = {LINEAR: "the raw inputs", LINEAR_FEATURES: "the frozen source network's features"}
         lines.append(
             f"- Sanity rows: {' and '.join(f'`{s}`' for s in linear)} {'are' if len(linear) > 1 else 'is'} a {model} fitted on the same k"
-            f" target rows as the strategies ({', '.join(f'`{s}` on {on[s]}' for s in linear)}; regularisation chosen on the same"
+            f" target rows as the strategies ({', '.join(f'`{s}` on {INPUTS[s]}' for s in linear)}; regularisation chosen on the same"
             " validation labels), paired by seed"
             + (f"; `{ZERO_SHOT}` is the source model with no target labels (the same value at every k)." if ZERO_SHOT in order else ".")
         )

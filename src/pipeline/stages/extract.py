@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
         params={"feature_dim": feats.shape[1]},
         source_run_id=ckpt["run_id"],
         source_model_id=ckpt.get("model_id"),
-        dataset=("target", tgt.provenance),
+        dataset=("target", tgt.provenance, "eval"),  # read through the source model, not trained on
     ) as run_id:
         tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
         summary["run_id"] = run_id

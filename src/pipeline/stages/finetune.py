@@ -54,6 +54,11 @@ def linear_params(cfg: DictConfig, name: str | None = None, source_run_id: str |
     return params if name in (None, LINEAR) else params | {"classic": name, "inputs": "source features", "source_run_id": source_run_id}
 
 
+def source_lineage(ckpt: dict) -> dict:
+    """`Tracker.start`'s lineage arguments for a run that used the source checkpoint: its pretrain run and model."""
+    return {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")}
+
+
 def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
     """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
     seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic
@@ -78,7 +83,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
 
     task, y = tgt.tasks[0], tgt.y[:, 0]
     params = linear_params(cfg, name, source["run_id"])
-    lineage = {"source_run_id": source["run_id"], "source_model_id": source.get("model_id")} if name == LINEAR_FEATURES else {}
+    lineage = source_lineage(source) if name == LINEAR_FEATURES else {}
     records = []
     for k in budgets:
         for seed in seeds:
@@ -196,7 +201,7 @@ def run(cfg: DictConfig) -> list[dict]:
             plan, params = plans[strategy_name], configured[strategy_name]
             uses_source = bool(plan.copied) or plan.inputs == "features"
             tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
-            lineage = {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")} if uses_source else {}
+            lineage = source_lineage(ckpt) if uses_source else {}
             with tracker.run(
                 "finetune",
                 variant=strategy_name,

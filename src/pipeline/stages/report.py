@@ -1,7 +1,7 @@
 """report: the experiment's comparison, from the results on disk of the current configuration.
 
-Transfer experiments (`report.transfer`): reports/<experiment>.md (strategy x label budget, mean ± std
-over seeds, paired gain over `transfer.baseline`, negative transfer flagged) and the label-efficiency
+Transfer experiments (`report.transfer`): reports/<experiment>.md (strategy x label budget, mean
+over seeds with 95 % intervals, paired gain over `transfer.baseline` with its interval) and the label-efficiency
 figure. Multitask experiments (`report.multitask`): Δm of every method against `multitask.baseline`
 (per-task mean and over test rows; `delta_m` in the metrics and plot is the one the verdict rests on),
 per-task changes and the task-weight figure. Both also write the compact DVC metrics file (means only)
