@@ -78,3 +78,10 @@ def copy_project(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     return dst
+
+
+def read_metrics(reports: Path, name: str) -> dict[str, dict[str, float]]:
+    """reports/metrics/<name>/ as the report wrote it for `dvc metrics show`: {row (file stem): values}."""
+    import json
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted((Path(reports) / "metrics" / name).glob("*.json"))}

@@ -357,16 +357,16 @@ def budget_key(budget: int, budgets) -> str:
     return f"k{int(budget):0{width}d}"
 
 
-def dvc_metrics(t: TransferReport) -> dict:
-    """The compact summary for `dvc metrics show` / `dvc exp show`: the mean test metric per strategy and
-    budget ({strategy: {k01: …}}, budgets in numeric order) and the zero-label source model's one value;
-    spreads, gains and other metrics are in the report."""
+def dvc_metrics(t: TransferReport) -> dict[str, dict[str, float]]:
+    """The compact summary for `dvc metrics show`, one row per strategy ({strategy: {k01: …}}, one file
+    each): the mean test metric per budget, budgets in numeric order, and the zero-label source model's
+    one value at `k00`. Spreads, gains and other metrics are in the report."""
     budgets = sorted(int(b) for b in t.stats.budget.unique())
     out: dict = {}
     for s in t.order:
         rows = t.stats[t.stats.strategy == s].sort_values("budget")
-        if s == ZERO_SHOT:  # the same value at every budget
-            out[s] = round(float(rows["mean"].iloc[0]), 4)
+        if s == ZERO_SHOT:  # the same value at every budget: it used no target label
+            out[s] = {budget_key(0, budgets): round(float(rows["mean"].iloc[0]), 4)}
         else:
             out[s] = {budget_key(r.budget, budgets): round(float(r.mean), 4) for r in rows.itertuples()}
     return out
