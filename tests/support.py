@@ -21,7 +21,8 @@ TINY = [
     "transfer.max_epochs=3",
     "transfer.patience=2",
     "transfer.min_steps_per_epoch=2",
-    "seeds=[0,1]",
+    "transfer.seeds=[0,1]",
+    "multitask.seeds=[0,1]",
     "experiments.mnist_to_digits.budgets=[1,3]",
     "trainer.progress_bar=false",
 ]
@@ -78,3 +79,10 @@ def copy_project(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     return dst
+
+
+def read_metrics(reports: Path, name: str) -> dict[str, dict[str, float]]:
+    """reports/metrics/<name>/ as the report wrote it for `dvc metrics show`: {row (file stem): values}."""
+    import json
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted((Path(reports) / "metrics" / name).glob("*.json"))}

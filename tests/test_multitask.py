@@ -84,7 +84,7 @@ def test_classic_baseline_that_does_not_apply_is_reported_with_its_reason(capsys
 
 TINY_MT = [
     "exp=synthetic_related",
-    "seeds=[0]",
+    "multitask.seeds=[0]",
     "multitask.max_epochs=4",
     "multitask.min_steps_per_epoch=2",
     "multitask_experiments.synthetic_related.data.n_tasks=3",
@@ -144,17 +144,17 @@ def test_multitask_stage_logs_runs_weights_and_report(make_cfg, tmp_path):
     assert (ds.dataset.name, ds.dataset.digest) == ("synthetic_related/tasks", hard_up[0].data.tags["data_hash"])
 
     metrics = report.run(cfg)
-    assert metrics["delta_m"]["single_task+equal"] == pytest.approx(0.0)
-    assert all(math.isfinite(v) for v in metrics["delta_m"].values())
+    assert metrics["single_task+equal"]["delta_m"] == pytest.approx(0.0)
+    assert all(math.isfinite(v["delta_m"]) for v in metrics.values())
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
     assert "Δm against `single_task+equal`" in md and "ridge_pooled+sklearn" in md
     assert (tmp_path / "reports" / "figures" / "synthetic_related_task_weights.png").exists()
     # One seed: each run's own Δm, logged back onto it, is the table's value.
     logged = client.get_run(hard_up[0].info.run_id).data.metrics["test/delta_m"]
-    assert logged == pytest.approx(metrics["delta_m"]["hard+upgrad"], abs=1e-3)
+    assert logged == pytest.approx(metrics["hard+upgrad"]["delta_m"], abs=1e-3)
     ridge = client.get_run(pooled["run_id"])  # the classic baselines are MLflow runs too
     assert ridge.data.tags["scheme"] == "ridge_pooled" and "test/task_0/rmse" in ridge.data.metrics
-    assert ridge.data.metrics["test/delta_m"] == pytest.approx(metrics["delta_m"]["ridge_pooled+sklearn"], abs=1e-3)
+    assert ridge.data.metrics["test/delta_m"] == pytest.approx(metrics["ridge_pooled+sklearn"]["delta_m"], abs=1e-3)
 
 
 def _mean_rmse(results, scheme):
@@ -168,7 +168,7 @@ def _synthetic(make_cfg, relatedness):
 
     cfg = make_cfg(
         "exp=synthetic_related",
-        "seeds=[0]",
+        "multitask.seeds=[0]",
         f"multitask_experiments.synthetic_related.data.relatedness={relatedness}",
         "multitask_experiments.synthetic_related.data.n_tasks=5",
         "multitask_experiments.synthetic_related.data.n_per_task=60",

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
-from support import ROOT
+from support import ROOT, read_metrics
 
 STRATEGIES = ["scratch", "feature_retrain", "param_transfer", "structure_transfer"]
 CONFIGURED = yaml.safe_load((ROOT / "params.yaml").read_text())["transfer"]["strategies"]
@@ -158,7 +158,7 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
     report.run(cfg)
     md = (tmp_path / "reports" / "mnist_to_digits.md").read_text()
     assert "Gain over `structure_transfer`" in md and "| scratch | -0.060 [-0.060, -0.060] (0/2) ⚠ negative transfer |" in md
-    assert list(json.loads((tmp_path / "reports" / "metrics" / "mnist_to_digits.json").read_text())) == [
+    assert list(read_metrics(tmp_path / "reports", "mnist_to_digits")) == [
         "feature_retrain",
         "linear",
         "linear_features",
@@ -166,7 +166,7 @@ def test_transfer_baseline_comes_from_the_config(make_cfg, tmp_path):
         "scratch",
         "source_no_labels",
         "structure_transfer",
-    ]  # sorted keys, as before
+    ]  # a file per row, the baseline among them
     with pytest.raises(PipelineError, match=r"transfer\.baseline='nope'"):
         report.run(make_cfg("transfer.baseline=nope"))
     with pytest.raises(PipelineError, match=r"transfer\.baseline='structure_transfer': no runs"):
@@ -201,7 +201,7 @@ def test_transfer_report_failure_leaves_no_stray_file(make_cfg, tmp_path):
 
 TINY_MT = [
     "exp=synthetic_related",
-    "seeds=[1,2]",
+    "multitask.seeds=[1,2]",
     "multitask.max_epochs=3",
     "multitask.min_steps_per_epoch=2",
     "multitask_experiments.synthetic_related.data.n_tasks=3",
@@ -245,10 +245,10 @@ def test_multitask_weight_figure_follows_the_runs_present(mt_cfg, tmp_path):
 
     report.run(mt_cfg())
     # The DVC metrics file is the compact summary (Δm per method); the plot file what .dvc/plots/delta_m.json reads.
-    metrics = json.loads((tmp_path / "reports" / "metrics" / "synthetic_related.json").read_text())
-    assert list(metrics) == ["delta_m"] and "mmoe+upgrad" in metrics["delta_m"]
+    metrics = read_metrics(tmp_path / "reports", "synthetic_related")
+    assert all(list(v) == ["delta_m"] for v in metrics.values()) and "mmoe+upgrad" in metrics
     plot = (tmp_path / "reports" / "plots" / "synthetic_related.csv").read_text().splitlines()
-    assert plot[0] == "method,delta_m,shown,note,kind" and len(plot) == 1 + len(metrics["delta_m"])
+    assert plot[0] == "method,delta_m,shown,note,kind" and len(plot) == 1 + len(metrics)
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
     assert (
         "Task weights per epoch (seed 1): `mmoe+upgrad`; mean cosine of the task gradients on the shared parameters: `mmoe+equal`, `mmoe+upgrad`."
@@ -273,7 +273,7 @@ def test_multitask_report_ignores_stale_records_and_lists_skipped_baselines(mt_c
     (out / "ridge_pooled+sklearn" / "seed0.json").unlink()
     write_json(out / "skipped.json", {"ridge_pooled": "tasks of different kinds"})
     metrics = report.run(mt_cfg())
-    assert "hard+upgrad" not in metrics["delta_m"] and "ridge_pooled+sklearn" not in metrics["delta_m"]
+    assert "hard+upgrad" not in metrics and "ridge_pooled+sklearn" not in metrics
     md = (tmp_path / "reports" / "synthetic_related.md").read_text()
     assert "2 result files of other configurations or runs ignored (stale): `hard+upgrad/seed1.json`, `mmoe+upgrad/seed7.json`." in md
     assert "- Classic baselines without a result: `ridge_pooled`: tasks of different kinds." in md

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.tracking import REQUIRED_TAGS
-from support import ROOT, mlflow_runs
+from support import ROOT, mlflow_runs, read_metrics
 
 # Every strategy of the study (params.yaml is conf/ composed; a test keeps it in step).
 STRATEGIES = set(yaml.safe_load((ROOT / "params.yaml").read_text())["transfer"]["strategies"])
@@ -94,7 +94,7 @@ def test_report_tables_figure_metrics_and_mlflow_artifacts(pipeline_run):
     assert "k=1" in md and "k=3" in md and "Gain over `scratch`" in md
     png = tmp / "reports" / "figures" / "mnist_to_digits_label_efficiency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = json.loads((tmp / "reports" / "metrics" / "mnist_to_digits.json").read_text())
+    metrics = read_metrics(tmp / "reports", "mnist_to_digits")
     assert set(metrics) == {*STRATEGIES, "linear", "linear_features", "source_no_labels"} and set(metrics["scratch"]) == {"k01", "k03"}
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
     rep = [r for r in runs if r.data.tags["stage"] == "report"]
@@ -157,7 +157,7 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
         "experiments.diabetes.source.classes=null",
         "experiments.diabetes.target.classes=null",
         "experiments.diabetes.budgets=[10,40]",
-        "seeds=[0]",
+        "transfer.seeds=[0]",
         "pretrain.max_epochs=30",
         "transfer.max_epochs=20",
         "transfer.min_steps_per_epoch=10",
@@ -173,7 +173,7 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     knowledge = json.loads((tmp_path / "artifacts" / "diabetes" / "knowledge" / "summary.json").read_text())
     assert knowledge["zero_shot_rmse"] > 0 and -10 < knowledge["zero_shot_r2"] < 1
     assert f"scores rmse {knowledge['zero_shot_rmse']:.3f}, r2 {knowledge['zero_shot_r2']:.3f} on the target test split" in md
-    assert metrics["source_no_labels"] == pytest.approx(knowledge["zero_shot_rmse"], abs=1e-4)  # one value: the same at every budget
+    assert metrics["source_no_labels"] == {"k00": pytest.approx(knowledge["zero_shot_rmse"], abs=1e-4)}  # one value, at zero labels
     assert set(metrics["linear"]) == {"k10", "k40"} and "| linear |" in md
     from support import mlflow_runs
 
@@ -215,7 +215,7 @@ def test_zero_label_source_model_is_near_the_best_when_the_relation_is_the_same(
         f"{exp}.source.classes=null",
         f"{exp}.target.classes=null",
         f"{exp}.budgets=[10]",
-        "seeds=[0]",
+        "transfer.seeds=[0]",
         "pretrain.max_epochs=60",
         "pretrain.patience=10",
         "transfer.max_epochs=5",
@@ -228,11 +228,12 @@ def test_zero_label_source_model_is_near_the_best_when_the_relation_is_the_same(
     assert knowledge["shared_label_space"] and knowledge["zero_shot_r2"] > 0.8  # y has SD ~2.3; the source model knows the relation
     metrics = report.run(cfg)
     # The relation is exactly linear: ridge on 10 rows nearly recovers it (noise SD 0.1), a network from scratch does not.
-    assert metrics["linear"]["k10"] < 0.3 and metrics["source_no_labels"] < metrics["scratch"]["k10"]
+    assert metrics["linear"]["k10"] < 0.3 and metrics["source_no_labels"]["k00"] < metrics["scratch"]["k10"]
     md = (tmp_path / "reports" / "same.md").read_text()
     assert "- k=10: `source_no_labels` (the source model with no target labels" in md
     assert "- k=10: `linear` (a linear model on the same k rows" in md
     # In the source's frame the identical relation stays identical: the source model with no target labels is
     # near the best row (the linear fit on 10 rows), far ahead of scratch. Per-table standardisation gave ~4x the best.
-    best = min(v["k10"] if isinstance(v, dict) else v for v in metrics.values())  # source_no_labels: one value
-    assert metrics["source_no_labels"] <= 1.5 * best and metrics["source_no_labels"] < metrics["scratch"]["k10"] / 4
+    zero = metrics["source_no_labels"]["k00"]
+    best = min(v.get("k10", zero) for v in metrics.values())
+    assert zero <= 1.5 * best and zero < metrics["scratch"]["k10"] / 4

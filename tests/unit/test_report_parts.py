@@ -217,6 +217,33 @@ def test_outputs_failure_leaves_no_file_and_the_previous_outputs(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "metrics", "plots", "x.md"]
 
 
+def test_outputs_directory_replaces_the_whole_directory_and_a_failure_keeps_the_old_one(tmp_path, monkeypatch):
+    """A Directory output (reports/metrics/<exp>/, a file per row) is swapped in whole: a row dropped
+    from the config loses its file, and a failure on the way leaves the previous directory as it was."""
+    (tmp_path / "metrics" / "x").mkdir(parents=True)
+    (tmp_path / "metrics" / "x" / "dropped.json").write_text("{}")
+    real = outputs._save
+
+    def failing(value, path):
+        if path.suffix == ".csv":
+            raise OSError("disk full")
+        real(value, path)
+
+    files = {"metrics/x": outputs.Directory({"a.json": {"k01": 0.5}, "b+c.json": {"delta_m": 1.0}}), "plots/x.csv": "a\n"}
+    monkeypatch.setattr(outputs, "_save", failing)
+    with pytest.raises(OSError, match="disk full"):
+        outputs.write(tmp_path, files)
+    assert sorted(p.name for p in (tmp_path / "metrics" / "x").iterdir()) == ["dropped.json"]
+    monkeypatch.setattr(outputs, "_save", real)
+    outputs.write(tmp_path, files)
+    assert sorted(p.name for p in (tmp_path / "metrics" / "x").iterdir()) == ["a.json", "b+c.json"]
+    assert json.loads((tmp_path / "metrics" / "x" / "a.json").read_text()) == {"k01": 0.5}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []  # no scratch left
+    (tmp_path / "metrics" / "y").write_text("a file where the directory goes")
+    with pytest.raises(PipelineError, match="a file is in the way"):
+        outputs.write(tmp_path, {"metrics/y": outputs.Directory({"a.json": {}})})
+
+
 def test_conflict_is_measured_under_the_baselines_weighting_when_the_best_method_shares_nothing():
     # As on STAR: the best joint method (soft) has no shared parameters, so no cosines; the conflict the
     # aggregators face is the one under plain equal weights, not under whichever aggregator sorts first.
@@ -234,11 +261,6 @@ def test_conflict_is_measured_under_the_baselines_weighting_when_the_best_method
 # Compact DVC metrics, MLflow summary metrics, DVC plot templates (issue 10, items 2 and 3)
 
 
-def _flat(d: dict, prefix: str = "") -> list[str]:
-    """Column names as `dvc metrics show` makes them: flattened with dots, sorted as text."""
-    return sorted(k for key, v in d.items() for k in (_flat(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"]))
-
-
 def _transfer_grid(budgets=(1, 3, 10, 30)) -> transfer.TransferReport:
     strategies = ("scratch", "param_transfer", "structure_transfer", "linear")
     rows = [(s, k, seed, 0.3 + 0.01 * k + 0.02 * i + 0.001 * seed) for i, s in enumerate(strategies) for k in budgets for seed in (0, 1, 2)]
@@ -248,14 +270,15 @@ def _transfer_grid(budgets=(1, 3, 10, 30)) -> transfer.TransferReport:
     return transfer.TransferReport("fake", None, task, "h", {"run_id": "s", "test": {}}, {}, "scratch", df, [], ("linear", transfer.ZERO_SHOT))
 
 
-def test_transfer_dvc_metrics_are_compact_with_budgets_in_numeric_order():
+def test_transfer_dvc_metrics_are_one_row_per_strategy_with_budgets_in_numeric_order():
     t = _transfer_grid()
     metrics = transfer.dvc_metrics(t)
-    columns = _flat(metrics)
-    assert len(columns) < 40
-    assert [c for c in columns if c.startswith("scratch.")] == ["scratch.k01", "scratch.k03", "scratch.k10", "scratch.k30"]
+    assert list(metrics) == list(t.order)  # a row (a file) per strategy
+    assert list(metrics["scratch"]) == ["k01", "k03", "k10", "k30"]
     assert metrics["param_transfer"]["k10"] == pytest.approx(0.3 + 0.1 + 0.02 + 0.001)
-    assert metrics[transfer.ZERO_SHOT] == 0.7  # one value, not one per budget
+    assert metrics[transfer.ZERO_SHOT] == {"k00": 0.7}  # one value, at zero labels per class
+    columns = {c for row in metrics.values() for c in row}
+    assert sorted(columns) == ["k00", "k01", "k03", "k10", "k30"]  # the table's few columns, in numeric order as text
     assert transfer.budget_key(5, [1, 5, 200]) == "k005" and transfer.budget_key(3, [1, 3]) == "k03"
 
 
@@ -272,7 +295,7 @@ def test_transfer_report_run_logs_means_and_gains_under_valid_mlflow_names():
 def test_multitask_dvc_metrics_hold_delta_m_per_method_only():
     t = _report([_record(m, s, {"a": 0.5 + d, "b": 0.8 + d, "c": 2.0}) for m, d in ((BASE, 0), ("hard+equal", 0.05)) for s in (0, 1)])
     metrics = mt.dvc_metrics(t)
-    assert metrics == {"delta_m": mt.summary(t)["delta_m"]} and set(metrics["delta_m"]) == {BASE, "hard+equal"}
+    assert metrics == {m: {"delta_m": v} for m, v in mt.summary(t)["delta_m"].items()} and set(metrics) == {BASE, "hard+equal"}
 
 
 def _yaml(path: str) -> dict:

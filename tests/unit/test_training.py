@@ -177,3 +177,50 @@ def test_epoch_bar_counts_epochs_names_the_monitored_metric_and_early_stopping()
     assert result.epochs < 50
     assert f"early stop at epoch {result.epochs}/50" in text
     assert "val/acc" in text and "best" in text and "v_num" not in text
+
+
+@pytest.mark.parametrize("steps_per_batch", [0, 3, 64])
+def test_fit_counts_every_step_and_keeps_the_best_validation_epoch(steps_per_batch):
+    """`fit` steps the torch optimizer itself and advances Lightning's step counter: global_step (the
+    result's steps) counts every minibatch, and model selection, which saves only when that counter has
+    moved, keeps the weights of the epoch with the best validation accuracy, not the first epoch's."""
+    import dataclasses
+
+    import lightning as L
+
+    from pipeline.config import FitConfig
+    from pipeline.training import fit
+
+    class Watch(L.Callback):  # the weights at each epoch's end: at the next epoch's start, and at the end
+        def __init__(self) -> None:
+            self.seen: list[dict] = []
+
+        def _keep(self, module) -> None:
+            self.seen.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            if trainer.current_epoch > 0:
+                self._keep(module)
+
+        def on_train_end(self, trainer, module) -> None:
+            self._keep(module)
+
+    torch.manual_seed(0)
+    task = TaskSpec("digit", "classification", ["a", "b", "c"])
+    x = torch.randn(90, 4)
+    y = (x[:, :2].sum(1) > 0).float() + (x[:, 2] > 1).float()  # learnable: accuracy rises over epochs
+    data = {"train": (x[:60], y[:60, None]), "val": (x[60:], y[60:, None]), "test": (x[60:], y[60:, None])}
+    net = build(architecture({"_target_": "pipeline.models.MLP", "hidden": [8], "dropout": 0.0}, 4, 3))
+    module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": 0.05}], functools.partial(torch.optim.SGD))
+    run = FitConfig(lr=0.05, batch_size=8, max_epochs=12, patience=100, min_steps_per_epoch=1)
+    watch = Watch()
+    result = fit(module, data, run, dataclasses.replace(SETTINGS, steps_per_batch=steps_per_batch), 0, callbacks=[watch])
+
+    assert result.epochs == 12 and result.steps == 12 * math.ceil(60 / 8)
+    accs = [v for k, v, _, _ in result.logged if k == "val/acc"]  # one per epoch, as validated
+    assert len(accs) == len(watch.seen) == 12
+    best = max(range(len(accs)), key=lambda e: (accs[e], -e))  # the first epoch with the best score
+    assert best > 0, accs  # the check below must tell the kept epoch from the first
+    assert result.best_epoch == best and result.best_val == pytest.approx(accs[best])
+    kept = module.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in watch.seen[best].items())

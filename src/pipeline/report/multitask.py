@@ -38,7 +38,7 @@ def expected_records(cfg: DictConfig, exp: DictConfig, ts: TaskSet) -> dict[tupl
     from pipeline.stages.multitask import plan, run_params
     from pipeline.tracking import digest
 
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    seeds = pick(cfg.get("seed"), list(cfg.multitask.seeds), "seed")
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
     return {(s, w, int(seed)): digest({**run_params(cfg, s, w), "data_hash": ts.data_hash}) for s, w in pairs for seed in seeds}
 
@@ -453,10 +453,10 @@ def summary(t: MultitaskReport) -> dict[str, dict[str, float]]:
     }
 
 
-def dvc_metrics(t: MultitaskReport) -> dict:
-    """The compact summary for `dvc metrics show` / `dvc exp show`: Δm per method (the form the verdict
-    rests on; both forms and the per-task results are in the report)."""
-    return {"delta_m": summary(t)["delta_m"]}
+def dvc_metrics(t: MultitaskReport) -> dict[str, dict[str, float]]:
+    """The compact summary for `dvc metrics show`, one row per method ({method: {"delta_m": …}}, one file
+    each): Δm in the form the verdict rests on; both forms and the per-task results are in the report."""
+    return {method: {"delta_m": value} for method, value in summary(t)["delta_m"].items()}
 
 
 def dvc_plot(t: MultitaskReport) -> str:

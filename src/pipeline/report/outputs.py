@@ -25,11 +25,18 @@ def _save(value: Any, path: Path) -> None:
         path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+class Directory(dict):
+    """A directory output, {file name: value}: it replaces the whole directory, so a file of a row that
+    no longer exists (a strategy dropped from the config) does not linger in it."""
+
+
 def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
-    """Write `files` ({path relative to `reports`: text, JSON-able dict or Figure}); their final paths.
+    """Write `files` ({path relative to `reports`: text, JSON-able dict, Figure or Directory}); their
+    final paths.
 
     Outputs are rendered into a hidden scratch directory inside `reports` (same filesystem, so each
-    move is an atomic rename) and moved in only after every one was written.
+    move is an atomic rename) and moved in only after every one was written. A Directory's previous
+    contents are moved aside by a rename and removed after the new one is in place.
     """
     from pipeline.io import umask
 
@@ -37,17 +44,31 @@ def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
     reports.mkdir(parents=True, exist_ok=True)
     targets = {rel: reports / rel for rel in files}
     scratch = Path(tempfile.mkdtemp(prefix=".report.", dir=reports))
+    mode = 0o666 & ~umask()
     try:
         for i, (rel, value) in enumerate(files.items()):
+            if isinstance(value, Directory):
+                folder = scratch / str(i)
+                folder.mkdir()
+                os.chmod(folder, 0o777 & ~umask())
+                for name, content in value.items():
+                    _save(content, folder / name)
+                    os.chmod(folder / name, mode)
+                continue
             path = scratch / f"{i}{Path(rel).suffix}"
             _save(value, path)
-            os.chmod(path, 0o666 & ~umask())
-        for target in targets.values():
+            os.chmod(path, mode)
+        for rel, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_dir():
-                raise PipelineError(f"cannot write the report output {target}: a directory is in the way")
-        for i, target in enumerate(targets.values()):
-            os.replace(scratch / f"{i}{target.suffix}", target)
+            if target.is_dir() != isinstance(files[rel], Directory) and target.exists():
+                raise PipelineError(f"cannot write the report output {target}: a {'directory' if target.is_dir() else 'file'} is in the way")
+        for i, (rel, target) in enumerate(targets.items()):
+            if isinstance(files[rel], Directory):
+                if target.exists():
+                    os.replace(target, scratch / f"{i}.previous")
+                os.replace(scratch / str(i), target)
+            else:
+                os.replace(scratch / f"{i}{target.suffix}", target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return targets

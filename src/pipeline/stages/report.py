@@ -30,6 +30,14 @@ def mlflow_ui(uri: str) -> str:
     return f"{exe} ui --backend-store-uri {uri}"
 
 
+def metrics_dir(rows: dict) -> object:
+    """reports/metrics/<exp>/ for `dvc metrics show`: one small file per row, so the table has a row
+    per strategy or method and a handful of columns (budgets or Δm) rather than one wide row per experiment."""
+    from pipeline.report.outputs import Directory
+
+    return Directory({f"{row}.json": values for row, values in rows.items()})
+
+
 def run(cfg: DictConfig) -> dict:
     from pipeline.stages import experiment_kind
 
@@ -48,7 +56,7 @@ def run_transfer(cfg: DictConfig) -> dict:
         {
             f"{name}.md": transfer.render(t, fig, cfg.tracking.uri),
             fig: transfer.figure(t),
-            f"metrics/{name}.json": metrics,
+            f"metrics/{name}": metrics_dir(metrics),
             f"plots/{name}.csv": transfer.dvc_plot(t),
         },
     )
@@ -83,7 +91,7 @@ def run_multitask(cfg: DictConfig) -> dict:
             f"{name}.md": multitask.render(t, cfg.multitask.archs, weights_fig, results_fig, cfg.tracking.uri),
             results_fig: results_plot,
             weights_fig: weights_plot,
-            f"metrics/{name}.json": metrics,
+            f"metrics/{name}": metrics_dir(metrics),
             f"plots/{name}.csv": multitask.dvc_plot(t),
         },
     )

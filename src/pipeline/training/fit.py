@@ -85,7 +85,13 @@ class EpochBar(L.pytorch.callbacks.ProgressBar):
         if self.enabled:
             self.bar = tqdm(total=trainer.max_epochs, desc="epoch", unit="epoch", leave=False, dynamic_ncols=True, file=self.file or sys.stderr)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # The previous epoch, shown now: its validation may run in the module's epoch-end hook, which
+        # Lightning calls after a progress bar's.
+        if trainer.current_epoch > 0:
+            self._show(trainer, pl_module)
+
+    def _show(self, trainer, pl_module) -> None:
         if self.bar is None:
             return
         monitor, _ = pl_module.monitor()
@@ -94,12 +100,13 @@ class EpochBar(L.pytorch.callbacks.ProgressBar):
         parts = [f"{monitor} {float(value):.4g}"] if value is not None else []
         if ckpt is not None and ckpt.best_model_score is not None:
             parts.append(f"(best {float(ckpt.best_model_score):.4g})")
-        self.bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", refresh=False)
+        self.bar.set_description(f"epoch {trainer.current_epoch}/{trainer.max_epochs}", refresh=False)
         self.bar.set_postfix_str(" ".join(parts), refresh=False)
-        self.bar.update(1)
+        self.bar.update(trainer.current_epoch - self.bar.n)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
+            self._show(trainer, pl_module)
             if trainer.should_stop and trainer.current_epoch < trainer.max_epochs:
                 self.bar.set_description(f"early stop at epoch {trainer.current_epoch}/{trainer.max_epochs}")
             self.bar.refresh()
@@ -126,6 +133,8 @@ def quiet() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # `fit` validates in the module's epoch-end hook (TaskModule._validate), not in a val loop.
+    warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
     # TorchJD's Nash-MTL solver, once per run and worker: says solves are not cached, nothing about the run.
     warnings.filterwarnings("ignore", message=".*not DPP.*")
 
@@ -182,13 +191,25 @@ def fit(
     module.dense_labels = not bool(torch.isnan(y).any())  # checked once here rather than per step
     train = TensorLoader(x, y, run.batch_size, shuffle=True, seed=seed, min_batches=run.min_steps_per_epoch, steps_per_batch=settings.steps_per_batch)
     whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
+    # Validation every epoch runs inside the module's epoch-end hook (TaskModule._validate), without
+    # Lightning's evaluation loop; checkpointing and early stopping act on the training epoch's end.
+    own_validation = int(settings.val_every_n_epochs) == 1 and getattr(module, "validates_at_epoch_end", False)
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
-        stop = EarlyStopping(monitor=monitor, mode=mode, patience=run.patience)
+        ckpt = ModelCheckpoint(
+            dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=True
+        )
+        stop = EarlyStopping(monitor=monitor, mode=mode, patience=run.patience, check_on_train_epoch_end=True)
         recorder = Recorder()
         tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks])
         store = tr.strategy.checkpoint_io = _MemoryCheckpointIO()
-        tr.fit(module, train, whole("val"))
+        if own_validation:
+            module.validation_data = data["val"]
+            try:
+                tr.fit(module, train)
+            finally:
+                module.validation_data = None
+        else:
+            tr.fit(module, train, whole("val"))
         best = store.load_checkpoint(ckpt.best_model_path)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best.get("epoch", tr.current_epoch))

@@ -30,12 +30,14 @@ from pipeline.config import FitConfig, TrainerConfig
 from pipeline.data import TaskSpec
 from pipeline.training.fit import FitResult, trainer
 from pipeline.training.loader import TensorLoader
-from pipeline.training.module import TaskModule, epoch_record, evaluation, outputs
+from pipeline.training.module import TaskModule, epoch_means, epoch_record, evaluation, outputs
 
 
 class MembersModule(TaskModule):
     """`members` runs of `tasks` as one net over tasks x members (member m's task t is output
     m * T + t), equal weights, each member selected and stopped on its own (`patience` validations)."""
+
+    validates_at_epoch_end = False  # per-member selection lives in its own _evaluate
 
     def __init__(self, net: nn.Module, tasks: Sequence[TaskSpec], members: int, param_groups, optimizer, patience: int) -> None:
         super().__init__(net, list(tasks) * members, param_groups, optimizer, log_gradient_cosine=False)
@@ -80,10 +82,10 @@ class MembersModule(TaskModule):
         self.member_log[m].extend((k, float(v), int(step), now) for k, v in values.items())
 
     def on_train_epoch_end(self) -> None:
-        if not self._steps:
+        if not self._losses:
             return
         t = len(self.base)
-        mean_losses, mean_weights = self._sums / self._steps, self._weights / self._steps
+        mean_losses, mean_weights = epoch_means(self._losses, self._weights)
         for m in range(self.members):
             if not self._active(m):
                 continue
@@ -92,8 +94,7 @@ class MembersModule(TaskModule):
             if t > 1:
                 self.member_history[m].append({"epoch": self.current_epoch, **record})
             self._record(m, record, self.global_step)
-        self._sums = self._weights = self._probe = None
-        self._steps = 0
+        self._losses, self._weights, self._probe = [], [], None
 
     def _evaluate(self, batch, prefix: str) -> None:
         x, y = batch

@@ -20,6 +20,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,6 +32,8 @@ from pipeline.training.metrics import masked_losses, per_task_metrics, selection
 class OneTaskNet(nn.Module):
     """A backbone -> head `Net` as a multitask net of one task: outputs [head(z)], features [z],
     nothing shared; `extra_loss(net)` (a transfer strategy's term, or None) is its penalty."""
+
+    closed_form_penalty = False  # its penalty (a strategy's extra_loss) is back-propagated
 
     def __init__(self, net: nn.Module, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
         super().__init__()
@@ -61,19 +65,32 @@ def backward_step(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One step's forward and backward pass (the optimizer's step is the caller's): the per-task
     losses and the task weights the weighting applied. The penalty's gradient accumulates with the
-    weighting's, so it is the gradient of the sum above. dense: y has no NaN (see masked_losses)."""
+    weighting's, so it is the gradient of the sum above; a net with `closed_form_penalty` (soft
+    sharing) adds it itself after the tasks' backward pass. dense: y has no NaN (see masked_losses)."""
     out, features = outputs(net, x, y) if not dense else net(x)
     losses = masked_losses(tasks, out, y, dense)
-    penalty = net.penalty()
+    closed_form = net.closed_form_penalty
+    penalty = None if closed_form else net.penalty()
     if penalty is not None:
         # Kept: a penalty on the step's features (BSS) shares the forward graph the losses need next.
         penalty.backward(retain_graph=True)
+    result = _task_backward(net, tasks, weighting, losses, features, dense)
+    if closed_form:
+        net.add_penalty_grad()
+    return result
+
+
+def _task_backward(net, tasks, weighting, losses, features, dense: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The task losses' backward pass as the weighting makes it; returns (losses, task weights)."""
     if weighting.plain_sum:
         # What Weighting.backward does for equal weights, without listing parameters every step
         # (a tenth of a single-task step of the default MLP): a task is present when its loss has a
         # graph and is not exactly 0; with none present there is no backward pass at all.
         if len(losses) == 1:  # the same without stacking (every single-task step)
             loss = losses[0]
+            if dense:  # every row labelled: present, and no host sync to ask whether the loss is 0
+                loss.backward()
+                return losses, _ONE
             if not (loss.requires_grad and bool(loss != 0)):
                 return losses, loss.detach().new_zeros(1)
             loss.backward()
@@ -86,6 +103,15 @@ def backward_step(
         return losses, torch.ones_like(stacked.detach())
     weights = weighting.backward(losses, net.shared_parameters(), features, [net.task_parameters(t) for t in range(len(tasks))])
     return losses, weights
+
+
+_ONE = torch.ones(1)  # the weight of a present single task (read only: summed per epoch)
+
+
+def epoch_means(losses: list[torch.Tensor], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's mean per-task losses and weights from its steps' [T] tensors, stacked once per
+    epoch: a running sum costs two tensor operations a step."""
+    return torch.stack(losses).mean(0), torch.stack(weights).to(losses[0].device).mean(0)
 
 
 def epoch_record(tasks: Sequence[TaskSpec], mean_losses: torch.Tensor, mean_weights: torch.Tensor) -> dict[str, float]:
@@ -110,7 +136,7 @@ def evaluation(tasks: Sequence[TaskSpec], out, y: torch.Tensor, prefix: str) -> 
 
 # Plain attributes written many times per step: Lightning's `_current_fx_name` (around every hook
 # call) and our loss counters. nn.Module.__setattr__'s type checks cost ~10x a plain write.
-_PLAIN_ATTRS = frozenset({"_current_fx_name", "_sums", "_weights", "_steps", "_probe"})
+_PLAIN_ATTRS = frozenset({"_current_fx_name", "_losses", "_weights", "_probe"})
 
 
 class TaskModule(L.LightningModule):
@@ -142,11 +168,11 @@ class TaskModule(L.LightningModule):
         self.param_groups = [dict(g) for g in param_groups]
         self.optimizer_factory = optimizer
         self.log_gradient_cosine = log_gradient_cosine and len(self.tasks) > 1
-        self._sums: torch.Tensor | None = None
-        self._weights: torch.Tensor | None = None
-        self._steps = 0
+        self._losses: list[torch.Tensor] = []  # per step, [T] each (detached)
+        self._weights: list[torch.Tensor] = []
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dense_labels = False  # the training labels have no NaN: set by `fit`, see masked_losses
+        self.validation_data: tuple[torch.Tensor, torch.Tensor] | None = None  # validated each epoch's end: set by `fit`
         self.history: list[dict[str, float]] = []  # per-epoch weights and gradient cosines (several tasks), for the report
         self.test_results: dict[str, float] = {}
 
@@ -162,6 +188,9 @@ class TaskModule(L.LightningModule):
         """One task on a backbone -> head `Net`, equal weights (labels y [N, 1])."""
         return cls(OneTaskNet(net, extra_loss), [task], param_groups, optimizer)
 
+    # `fit` may hand the validation split to `validation_data` instead of Lightning's evaluation loop.
+    validates_at_epoch_end = True
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN_ATTRS:
             object.__setattr__(self, name, value)
@@ -170,6 +199,14 @@ class TaskModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # TensorLoader's batches are slices of tensors in one place: one look at the first tensor, not
+        # Lightning's walk over every tensor of a grouped batch (~0.2 ms a batch of 64 steps).
+        first = batch[0][0] if isinstance(batch, list) else batch[0]
+        if isinstance(first, torch.Tensor) and first.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def monitor(self) -> tuple[str, str]:
         return selection(self.tasks)
@@ -184,36 +221,65 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         # A batch is one (x, y) minibatch, or a group of them from TensorLoader(steps_per_batch=k).
-        opt = self.optimizers()
+        opt, progress = self._stepper()
         for x, y in batch if isinstance(batch, list) else [batch]:
             if self._probe is None and self.log_gradient_cosine:
                 self._probe = (x, y)
             opt.zero_grad(set_to_none=True)
             losses, weights = backward_step(self.net, self.tasks, self.weighting, x, self.labels(y), self.dense_labels)
-            opt.step()
+            if progress is None:
+                opt.step()
+            else:
+                progress.increment_ready()
+                opt.step()
+                progress.increment_completed()
             # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
-            d = torch.stack(losses).detach() if len(losses) > 1 else losses[0].detach().view(1)
-            self._sums = d if self._sums is None else self._sums + d
-            self._weights = weights if self._weights is None else self._weights + weights
-            self._steps += 1
+            self._losses.append(torch.stack(losses).detach() if len(losses) > 1 else losses[0].detach().view(1))
+            self._weights.append(weights)
+
+    def _stepper(self):
+        """(optimizer, step counter): the torch optimizer itself and the loop's counter of optimizer steps
+        (global_step, which checkpointing and logging read) where, as with 32-bit precision on one
+        device, LightningOptimizer.step would do nothing more than step it; else (LightningOptimizer,
+        None). Its closure and on_before_optimizer_step hooks (none here) are ~3% of a step of the
+        default MLP on CPU (benchmarks/training_loop.py)."""
+        trainer = self.trainer
+        if type(trainer.precision_plugin) is Precision and type(trainer.strategy) is SingleDeviceStrategy:
+            return self.optimizers(use_pl_optimizer=False), trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        return self.optimizers(), None
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
         """The label matrix the net's outputs are scored against (`members.MembersModule` repeats it per member)."""
         return y
 
+    def on_train_start(self) -> None:
+        if self.validation_data is not None:
+            self.validation_data = tuple(t.to(self.device) for t in self.validation_data)
+
     def on_train_epoch_end(self) -> None:
-        if not self._steps:
+        if self.validation_data is not None:
+            self._validate()
+        if not self._losses:
             return
-        mean_losses = self._sums / self._steps
-        record = epoch_record(self.tasks, mean_losses, self._weights / self._steps)
+        mean_losses, mean_weights = epoch_means(self._losses, self._weights)
+        record = epoch_record(self.tasks, mean_losses, mean_weights)
         if len(self.tasks) > 1:
             if self._probe is not None:
                 record.update(self.gradient_cosine(*self._probe))
             self.history.append({"epoch": self.current_epoch, **record})
         self._to_loggers(record)
         self.weighting.on_epoch_end(mean_losses)
-        self._sums = self._weights = self._probe = None
-        self._steps = 0
+        self._losses, self._weights, self._probe = [], [], None
+
+    def _validate(self) -> None:
+        """The validation pass of `validation_data`, run from the training epoch's end hook, which
+        Lightning calls before checkpointing and early stopping read the monitored value. Its own
+        evaluation loop (fetchers, hooks, result bookkeeping) costs ~0.6 ms an epoch, ~3% of an epoch
+        of the default MLP (benchmarks/training_loop.py)."""
+        self.eval()
+        with torch.no_grad():
+            self._evaluate(self.validation_data, "val")
+        self.train()
 
     def gradient_cosine(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Cosine similarity between task gradients on the shared parameters (one batch per epoch),
@@ -248,9 +314,10 @@ class TaskModule(L.LightningModule):
         out, _ = outputs(self.net, x, y)
         values = evaluation(self.tasks, out, y, prefix)
         monitor = self.monitor()[0].replace("val/", f"{prefix}/")
-        # ModelCheckpoint and EarlyStopping read the monitored value; the loggers get every value at
-        # this step (through self.log Lightning would log it one Lightning batch earlier, with `epoch`).
-        self.log(monitor, values[monitor], batch_size=len(x), logger=False)
+        # ModelCheckpoint and EarlyStopping read the monitored value from trainer.callback_metrics,
+        # set here directly: self.log's result bookkeeping (~0.5 ms) is a tenth of a small model's
+        # validation. The loggers get every value at this step.
+        self.trainer.callback_metrics[monitor] = torch.tensor(values[monitor])
         self._to_loggers(values)
         return values
 

@@ -24,6 +24,9 @@ class MultitaskNet(nn.Module):
     # True: forward(x, labelled) takes the [N, T] bool mask of labelled entries and may compute only
     # those (the others are NaN); the training module passes it (`pipeline.training.module.outputs`).
     routes_by_task = False
+    # True: training adds the penalty's gradient itself (`add_penalty_grad`) instead of back-propagating
+    # `penalty()` (pipeline.training.module.backward_step).
+    closed_form_penalty = False
 
     def __init__(self, input_dim: int, tasks: Sequence[TaskSpec]) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ depends on how related the tasks are (a fixed strong coupling hurts unrelated ta
 `coupling: auto` lets the multitask stage pick it on validation data from `auto_grid`.
 No parameter is literally shared, so gradient-aggregation weightings do not apply to this scheme.
 The trunks are `SingleTask`'s stacked branches, so each sum over t is one reduction over the stacked dim;
+training adds the penalty's gradient in closed form (`add_penalty_grad`);
 several coupling candidates can train as the members of one net (`pipeline.training.members`).
 """
 
@@ -42,30 +43,39 @@ class SoftSharing(SingleTask):
     def join_members(self, nets) -> None:
         self.couplings = torch.tensor([n.coupling for n in nets])
 
+    closed_form_penalty = True  # training needs only the gradient: `add_penalty_grad`
+
+    def _trunk(self) -> tuple[int, list[torch.Tensor]]:
+        """(tasks per member, the trunk's stacked weights and biases): the heads stay free."""
+        b = self.branches
+        return len(self.tasks) // self.n_members, [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
+
     def penalty(self):
-        t = len(self.tasks) // self.n_members
+        t, trunk = self._trunk()
         if t < 2 or not bool((self.couplings != 0).any()):
             return None
-        b = self.branches  # trunk layers only: the heads stay free
-        stacked = [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
-        spreads = sum(Spread.apply(p.view(self.n_members, t, *p.shape[1:])) for p in stacked)  # one per member
-        return (self.couplings.to(spreads) * spreads).sum()
+        total = 0
+        for p in trunk:
+            w = p.view(self.n_members, t, -1)
+            spread = ((w - w.mean(1, keepdim=True)) ** 2).sum((1, 2))  # one per member
+            total = total + (self.couplings.to(spread) * spread).sum()
+        return total
 
-
-class Spread(torch.autograd.Function):
-    """S_m(W) = sum_t ||W_mt - mean_s W_ms||^2 for each member m of W [M, T, ...], with its gradient in
-    closed form: dS_m/dW_mt = 2 (W_mt - mean) - (2/T) sum_s (W_ms - mean) = 2 (W_mt - mean), the
-    centred W saved from the forward pass. Autograd through the mean would take several more passes
-    over the trunks' weights, which at 63 tasks x [256, 128] cost more than the networks' own step;
-    so does any full-size temporary beyond the centred W (the norm reduces it in place)."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        centred = w - w.mean(1, keepdim=True)
-        ctx.save_for_backward(centred)
-        return torch.linalg.vector_norm(centred.reshape(len(w), -1), dim=1) ** 2
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (centred,) = ctx.saved_tensors
-        return centred * (2 * grad).view(-1, *[1] * (centred.ndim - 1))
+    def add_penalty_grad(self) -> None:
+        """grad += dOmega/dW, in place. For member m with coupling lambda_m,
+        dOmega/dW_mt = 2 lambda_m (W_mt - mean) - (2 lambda_m / T) sum_s (W_ms - mean) = 2 lambda_m (W_mt - mean),
+        as the centred weights sum to zero. Autograd through `penalty()` makes full-size temporaries
+        (the centred weights, their gradient) and several passes over the trunks, which at 63 tasks x
+        [256, 128] cost more than the networks' own step; here each trunk tensor is read twice and
+        its gradient updated twice, with nothing larger than the mean allocated."""
+        t, trunk = self._trunk()
+        if t < 2 or not bool((self.couplings != 0).any()):
+            return
+        for p in trunk:
+            w = p.detach().view(self.n_members, t, -1)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            g = p.grad.view(self.n_members, t, -1)
+            scale = (2 * self.couplings).to(w).view(-1, 1, 1)
+            g.addcmul_(w, scale)
+            g.addcmul_(w.mean(1, keepdim=True), scale, value=-1)
