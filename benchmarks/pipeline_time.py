@@ -49,7 +49,7 @@ def compose_cfg(tmp: Path, quick: bool, only: list[str]):
 
     overrides = ["trainer.progress_bar=false"]
     if quick:
-        overrides += ["pretrain.max_epochs=2", "transfer.max_epochs=2", "multitask.max_epochs=2", "seeds=[0]"]
+        overrides += ["pretrain.max_epochs=2", "transfer.max_epochs=2", "multitask.max_epochs=2", "transfer.seeds=[0]", "multitask.seeds=[0]"]
         overrides += ["multitask.classic=[]"]  # the scikit-learn baselines alone take ~80 s on multimnist
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=overrides)
@@ -191,12 +191,16 @@ def parts(stage: str, cfg, records, fits: list[dict], seconds: float) -> list[tu
         if r.get("classic"):
             label, n = r["strategy"] if stage == "finetune" else "sklearn baselines (fits)", 0
         elif stage == "finetune":
-            label, n = r["strategy"], 1  # fit() calls come in record order: strategy x budget x seed
+            # fit() calls come in record order (strategy x budget x seed x trial): each trial's folds and
+            # final fit, each of them one call per phase; a record holds every trial of its run.
+            trials = r.get("trials") or [r]
+            label, n = r["strategy"], sum(t.get("fits", 1) for t in trials)
         else:
             label, n = f"{r['scheme']}+{r['weighting']}", len(auto_candidates(cfg.multitask.archs[r["scheme"]]))
         taken = [next(calls) for _ in range(n)]
+        seconds = sum(t.get("seconds", 0.0) for t in r["trials"]) if stage == "finetune" and r.get("trials") else r.get("seconds", 0.0)
         out[label][0] += 1
-        out[label][1] += r.get("seconds", 0.0) - sum(f["timing"] for f in taken)  # less this benchmark's own plain loop
+        out[label][1] += seconds - sum(f["timing"] for f in taken)  # less this benchmark's own plain loop
         out[label][2] += taken
     if "sklearn baselines (fits)" in out:
         out["sklearn baselines (fits)"][1] = CLASSIC[-1]

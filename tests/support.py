@@ -21,7 +21,8 @@ TINY = [
     "transfer.max_epochs=3",
     "transfer.patience=2",
     "transfer.min_steps_per_epoch=2",
-    "seeds=[0,1]",
+    "transfer.seeds=[0,1]",
+    "multitask.seeds=[0,1]",
     "experiments.mnist_to_digits.budgets=[1,3]",
     "trainer.progress_bar=false",
 ]

@@ -49,7 +49,8 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     tiny = [
         *TINY,
         "~experiment@experiments.mnist_new_classes",
-        "seeds=[0]",
+        "transfer.seeds=[0]",
+        "multitask.seeds=[0]",
         *(f"~experiment@multitask_experiments.{e}" for e in ("multimnist", "exam_schools", "star")),
         f"+experiment@{mt}=synthetic_related",
         f"{mt}.data.n_tasks=3",

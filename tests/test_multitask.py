@@ -84,7 +84,7 @@ def test_classic_baseline_that_does_not_apply_is_reported_with_its_reason(capsys
 
 TINY_MT = [
     "exp=synthetic_related",
-    "seeds=[0]",
+    "multitask.seeds=[0]",
     "multitask.max_epochs=4",
     "multitask.min_steps_per_epoch=2",
     "multitask_experiments.synthetic_related.data.n_tasks=3",
@@ -168,7 +168,7 @@ def _synthetic(make_cfg, relatedness):
 
     cfg = make_cfg(
         "exp=synthetic_related",
-        "seeds=[0]",
+        "multitask.seeds=[0]",
         f"multitask_experiments.synthetic_related.data.relatedness={relatedness}",
         "multitask_experiments.synthetic_related.data.n_tasks=5",
         "multitask_experiments.synthetic_related.data.n_per_task=60",

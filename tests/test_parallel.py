@@ -9,7 +9,7 @@ import pytest
 
 from support import mlflow_runs
 
-TINY_MT = ["exp=synthetic_related", "seeds=[0,1]", "multitask.max_epochs=3", "multitask.patience=2"]
+TINY_MT = ["exp=synthetic_related", "multitask.seeds=[0,1]", "multitask.max_epochs=3", "multitask.patience=2"]
 GRID = [
     "+multitask_experiments.synthetic_related.schemes=[single_task,hard,soft]",
     "+multitask_experiments.synthetic_related.weightings=[equal,mgda]",

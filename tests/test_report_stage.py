@@ -201,7 +201,7 @@ def test_transfer_report_failure_leaves_no_stray_file(make_cfg, tmp_path):
 
 TINY_MT = [
     "exp=synthetic_related",
-    "seeds=[1,2]",
+    "multitask.seeds=[1,2]",
     "multitask.max_epochs=3",
     "multitask.min_steps_per_epoch=2",
     "multitask_experiments.synthetic_related.data.n_tasks=3",

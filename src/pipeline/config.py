@@ -49,15 +49,27 @@ class PretrainConfig(FitConfig):
 
 
 @dataclass
+class TuningConfig:
+    """The tuning budget every strategy gets (pipeline.transfer.tuning)."""
+
+    trials: int = MISSING  # settings tried per strategy x budget x seed; 1 = the configured setting only
+    folds: int = MISSING  # cross-validation folds over the budget's labelled rows
+    seed: int = MISSING  # draws the trials and the folds
+
+
+@dataclass
 class TransferConfig(FitConfig):
     baseline: str = MISSING
+    seeds: list[int] = MISSING  # resampled label sets (and initialisations), paired across strategies
     val_labels: str = MISSING  # budget | all
+    tuning: TuningConfig = MISSING
     strategies: dict[str, Any] = MISSING
 
 
 @dataclass
 class MultitaskConfig(FitConfig):
     baseline: str = MISSING
+    seeds: list[int] = MISSING
     classic: list[str] = MISSING
     weightings_on: list[str] | None = MISSING
     archs: dict[str, Any] = MISSING

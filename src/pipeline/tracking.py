@@ -27,7 +27,7 @@ REQUIRED_TAGS = ("stage", "scenario", "seed", "git_commit", "data_hash")  # on e
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Tags that are logged as params too (when a run has them), so charts can put them on an axis.
-PARAM_TAGS = ("strategy", "budget", "seed", "scheme", "weighting")
+PARAM_TAGS = ("strategy", "budget", "seed", "trial", "scheme", "weighting")
 # Files the pipeline itself rewrites while it runs (besides the outs of dvc.yaml): not code changes.
 PIPELINE_FILES = ("dvc.lock", "params.yaml")
 
@@ -278,6 +278,10 @@ class Tracker:
 
         now = int(time.time() * 1000)
         self.log_recorded(run_id, [(k, float(v), step, now) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)

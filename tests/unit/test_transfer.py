@@ -20,6 +20,13 @@ from pipeline.transfer.llrd import LLRD
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSFER_CONFS = sorted((REPO / "conf" / "transfer").glob("*.yaml"))
+
+
+def strategy_cfg(path):
+    """A strategy's config file as the fine-tune stage instantiates it: without its `search:` space."""
+    from pipeline.transfer.tuning import split_search
+
+    return split_search(OmegaConf.load(path))[0]
 MODEL_CFG = REPO / "conf" / "model" / "mlp.yaml"
 LR = 1e-3
 INPUT_DIM = 64
@@ -28,7 +35,7 @@ TARGET = TaskSpec("digit", "classification", ["5", "6", "7", "8", "9"])
 
 def strategy(name: str, **overrides):
     """The strategy exactly as the pipeline makes it: the config file, instantiated by Hydra."""
-    cfg = OmegaConf.load(REPO / "conf" / "transfer" / f"{name}.yaml")
+    cfg = strategy_cfg(REPO / "conf" / "transfer" / f"{name}.yaml")
     return instantiate(OmegaConf.merge(cfg, overrides))
 
 
@@ -108,7 +115,7 @@ def assert_plan_consistent(plan: TransferPlan, source_state: dict, ctx: Transfer
 
 @pytest.mark.parametrize("conf", TRANSFER_CONFS, ids=[p.stem for p in TRANSFER_CONFS])
 def test_every_configured_strategy_gives_a_consistent_plan(conf, source):
-    strat = instantiate(OmegaConf.load(conf))
+    strat = instantiate(strategy_cfg(conf))
     assert strat.name == conf.stem  # the file name is the strategy's name in results and MLflow
     ctx = context(source)
     torch.manual_seed(0)
@@ -129,7 +136,7 @@ def test_every_configured_strategy_does_what_its_config_promises(conf, variant, 
     """The layers listed in `transfer` (param_transfer) or `copy` (structure_transfer) start from the
     source and no other does; `freeze` layers are fixed; transferred layers train at lr x
     `source_lr_scale`, every other trainable one at lr. Without those keys: nothing copied or frozen."""
-    cfg = OmegaConf.load(conf)
+    cfg = strategy_cfg(conf)
     cfg = OmegaConf.merge(cfg, varied(cfg)) if variant == "varied" else cfg
     ctx = context(source)
     torch.manual_seed(0)
@@ -392,7 +399,7 @@ def test_llrd_rates_halve_per_layer_below_the_head(source):
 def test_llrd_decay_outside_zero_one_is_an_error():
     from pipeline.errors import instantiate as checked
 
-    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "transfer" / "llrd.yaml"), {"decay": 1.5})
+    cfg = OmegaConf.merge(strategy_cfg(REPO / "conf" / "transfer" / "llrd.yaml"), {"decay": 1.5})
     with pytest.raises(PipelineError, match=r"transfer.strategies.llrd: llrd: decay must be in \(0, 1\], got 1.5"):
         checked(cfg, "transfer.strategies.llrd")
 

@@ -38,7 +38,7 @@ def expected_records(cfg: DictConfig, exp: DictConfig, ts: TaskSet) -> dict[tupl
     from pipeline.stages.multitask import plan, run_params
     from pipeline.tracking import digest
 
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    seeds = pick(cfg.get("seed"), list(cfg.multitask.seeds), "seed")
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
     return {(s, w, int(seed)): digest({**run_params(cfg, s, w), "data_hash": ts.data_hash}) for s, w in pairs for seed in seeds}
 

@@ -10,7 +10,7 @@ and seeds, from the extract stage). Findings say when either beats every network
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from pipeline.data import TaskSpec
 from pipeline.errors import PipelineError
 from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
-from pipeline.report import baseline_first, fmt_interval, interval, listing, spread
+from pipeline.report import baseline_first, fmt_interval, interval, listing, spread, tuning
 from pipeline.report.outputs import metric_key
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
@@ -38,7 +38,7 @@ def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_i
 
     strategies, classic = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    seeds = pick(cfg.get("seed"), list(cfg.transfer.seeds), "seed")
     digests = {s: digest({**run_params(cfg, s), "data_hash": data_hash, "source_run_id": source_run_id}) for s in strategies}
     for c in classic:  # the raw-input baseline's digest names no source: it does not depend on one
         digests[c] = digest({**linear_params(cfg, c, source_run_id), "data_hash": data_hash})
@@ -67,6 +67,8 @@ def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], 
                 "budget": r["budget"],
                 "seed": r["seed"],
                 "run_id": r["run_id"],
+                "trial": r.get("trial", 0),
+                "trials": r.get("trials"),  # every trial's setting, CV score and test metrics (tuning)
                 **{k.split("/", 1)[1]: v for k, v in r["test"].items() if k != "test/loss"},
             }
         )
@@ -131,6 +133,7 @@ class TransferReport:
     df: pd.DataFrame
     stale: list[str]
     sanity: tuple[str, ...] = ()  # rows that are not network strategies: the linear baseline, the zero-label source model
+    tuning: dict = field(default_factory=lambda: {"trials": 1, "folds": 2, "seed": 0})  # transfer.tuning
 
     @property
     def unit(self) -> str:
@@ -174,7 +177,10 @@ def load(cfg: DictConfig) -> TransferReport:
     if baseline not in set(df.strategy):
         raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
     df = with_zero_shot(df, task, knowledge)
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, (LINEAR, LINEAR_FEATURES, ZERO_SHOT))
+    from omegaconf import OmegaConf
+
+    sanity = (LINEAR, LINEAR_FEATURES, ZERO_SHOT)
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, sanity, OmegaConf.to_container(cfg.transfer.tuning))
 
 
 def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:
@@ -287,6 +293,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
             if rest
             else f"- Every strategy × budget comparison with `{baseline}` has a verdict."
         )
+    lines += tuning.section(df, networks, budgets, primary, task.higher_is_better, t.tuning, _table)
     for m in task.metrics[1:]:
         sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
         lines += ["", f"## Test {m} (mean and 95 % t-interval)", ""]

@@ -125,26 +125,84 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
     return records
 
 
+def tuning_plan(cfg: DictConfig, tcfg, names: list[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, int], object]]:
+    """Per strategy its trial settings ({key: value} over its search space; trial 0 the configured one,
+    `pipeline.transfer.tuning`) and the strategy built with each trial's knobs, keyed (strategy, trial).
+    Search spaces are checked even when untuned (`transfer.tuning.trials=1`)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.transfer.tuning import configured, draw, parse_space, split_search
+
+    n = int(tcfg.tuning.trials)
+    if n < 1:
+        raise PipelineError(f"transfer.tuning.trials must be at least 1 (1 = the configured setting only), got {n}")
+    trials, strategies = {}, {}
+    for s in names:
+        node, search = split_search(cfg.transfer.strategies[s])
+        space = parse_space(s, search, str(node._target_))
+        if n > 1 and not space:
+            raise PipelineError(
+                f"transfer.strategies.{s}.search is empty: with transfer.tuning.trials={n} every strategy gets {n} trials,"
+                f" so each needs a search space (conf/transfer/{s}.yaml)"
+            )
+        trials[s] = draw(space, configured(node, space, tcfg.lr), n, int(tcfg.tuning.seed))
+        for i, setting in enumerate(trials[s]):
+            knobs = {k: v for k, v in setting.items() if k != "lr"}
+            strategies[s, i] = instantiate(OmegaConf.merge(node, knobs), f"transfer strategy {s}" + (f" (trial {i}: {setting})" if i else ""))
+    return trials, strategies
+
+
+def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
+    """(budget, seed) -> its cross-validation folds, (fit rows, held-out rows) over the budget's labelled
+    train and validation rows; none when untuned. Computed up front, so a fold count the smallest class
+    cannot fill is an error before any training."""
+    from pipeline.transfer.tuning import cv_rows, folds
+
+    if int(tcfg.tuning.trials) <= 1:
+        return {}
+    task, y = tgt.tasks[0], tgt.y[:, 0]
+    out = {}
+    for k in budgets:
+        for seed in seeds:
+            rows = cv_rows(budget_index(y, tgt.splits, task.kind, k, seed, tcfg.val_labels))
+            out[k, seed] = folds(y, rows, task.kind, int(tcfg.tuning.folds), int(tcfg.tuning.seed) + int(seed), f"k={k}, seed {seed}")
+    return out
+
+
 def train_one(c: dict, job: tuple) -> dict:
-    """One run (strategy, budget, seed) on the stage's target `c`; in a worker process or this one
-    (`pipeline.training.parallel`)."""
+    """One trial (strategy, budget, seed, trial) on the stage's target `c`, in a worker process or this
+    one (`pipeline.training.parallel`): with tuning, its cross-validated score (one fit per fold,
+    `pipeline.transfer.tuning`), then the fit on the budget's train rows, its epoch chosen on the
+    validation rows, tested."""
     import torch
 
     from pipeline.stages.pretrain import split_tensors
     from pipeline.training import TaskModule
     from pipeline.transfer.schedule import train_plan
 
-    strategy_name, k, seed = job
+    strategy_name, k, seed, trial = job
     tgt, tcfg = c["tgt"], c["tcfg"]
     task = tgt.tasks[0]
+    strategy, setting = c["strategies"][strategy_name, trial], c["trials"][strategy_name][trial]
+    lr = float(setting.get("lr", tcfg.lr))
     index = budget_index(tgt.y[:, 0], tgt.splits, task.kind, k, seed, tcfg.val_labels)
-    torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
-    plan = c["strategies"][strategy_name].build(c["ctx"], tcfg.lr)
-    inputs = c["features"] if plan.inputs == "features" else tgt.x
+
+    fits = []  # fit() calls, for benchmarks/pipeline_time.py
+
+    def train(rows: dict):
+        torch.manual_seed(seed)  # the new layers' initialisation belongs to the seed too
+        plan = strategy.build(c["ctx"], lr)
+        fits.append(len(plan.phases or [None]))
+        inputs = c["features"] if plan.inputs == "features" else tgt.x
+        module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(c["optimizer"], "optimizer"), plan.extra_loss)
+        return train_plan(plan, module, split_tensors(tgt, inputs, rows), tcfg, c["trainer"], seed)
+
     start = time.perf_counter()
-    module = TaskModule.single(plan.net, task, plan.param_groups, instantiate(c["optimizer"], "optimizer"), plan.extra_loss)
-    result = train_plan(plan, module, split_tensors(tgt, inputs, index), tcfg, c["trainer"], seed)
-    return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"])}
+    # A fold's held-out rows choose its epochs and score it; its "test" pass reads them too (unused).
+    folds = [train({"train": fit_rows, "val": held, "test": held}).best_val for fit_rows, held in c["folds"].get((k, seed), [])]
+    folds = [float("nan") if v is None else float(v) for v in folds]  # None: no finite validation score
+    result = train(index)
+    return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -155,7 +213,7 @@ def run(cfg: DictConfig) -> list[dict]:
     name, exp = experiment(cfg, "transfer")
     strategy_names, classic = selected(cfg)
     budgets = pick(cfg.get("budget"), list(exp.budgets), "label budget")
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    seeds = pick(cfg.get("seed"), list(cfg.transfer.seeds), "seed")
     if tcfg.val_labels not in ("budget", "all"):
         raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {tcfg.val_labels!r}")
 
@@ -168,6 +226,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext
+    from pipeline.transfer.tuning import best_trial
 
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
@@ -176,19 +235,22 @@ def run(cfg: DictConfig) -> list[dict]:
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
-    strategies = {s: instantiate(cfg.transfer.strategies[s], f"transfer strategy {s}") for s in strategy_names}
-    # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed).
-    plans = {s: strategy.build(ctx, tcfg.lr) for s, strategy in strategies.items()}
+    trials, strategies = tuning_plan(cfg, tcfg, strategy_names)
+    # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed and trial).
+    plans = {s: strategies[s, 0].build(ctx, tcfg.lr) for s in strategy_names}
     context = {
         "tgt": tgt,
         "tcfg": tcfg,
         "trainer": trainer_cfg,
         "optimizer": cfg.optimizer,
         "strategies": strategies,
+        "trials": trials,
+        "folds": cv_folds(tgt, tcfg, budgets, seeds),
         "ctx": ctx,
         "features": features,
     }
-    job_list = [(s, k, seed) for s in strategy_names for k in budgets for seed in seeds]
+    n_trials = int(tcfg.tuning.trials)
+    job_list = [(s, k, seed, i) for s in strategy_names for k in budgets for seed in seeds for i in range(len(trials[s]))]
     metric = task.primary
     results = []
     with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
@@ -197,25 +259,28 @@ def run(cfg: DictConfig) -> list[dict]:
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
         linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
         configured = {s: run_params(cfg, s) for s in strategy_names}
-        for strategy_name, k, seed in job_list:
+        group: list[dict] = []
+        for strategy_name, k, seed, trial in job_list:
             plan, params = plans[strategy_name], configured[strategy_name]
             uses_source = bool(plan.copied) or plan.inputs == "features"
             tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
-            lineage = source_lineage(ckpt) if uses_source else {}
+            setting = trials[strategy_name][trial]
             with tracker.run(
                 "finetune",
                 variant=strategy_name,
                 seed=seed,
                 data_hash=tgt.data_hash,
-                params=params,
+                params={**params, "trial": setting},  # the trial number is a tag and a param (PARAM_TAGS)
                 budget=k,
-                tags=tags,
+                tags={**tags, "trial": str(trial)},
                 dataset=("target", tgt.provenance),
-                **lineage,
+                suffix=f"t{trial}" if n_trials > 1 else None,
+                **(source_lineage(ckpt) if uses_source else {}),
             ) as run_id:
                 out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
-                result, seconds = out["result"], out["seconds"]
+                result, seconds, folds = out["result"], out["seconds"], out["folds"]
                 tracker.log_recorded(run_id, result.logged)
+                cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
                 tracker.log_metrics(
                     run_id,
                     {
@@ -224,27 +289,45 @@ def run(cfg: DictConfig) -> list[dict]:
                         "fit/n_train": out["n_train"],
                         "fit/n_copied": len(plan.copied),
                         "fit/n_frozen": len(plan.frozen),
+                        **cv,
                     },
                 )
+            group.append(
+                {
+                    "trial": trial,
+                    "setting": setting,
+                    "cv": float(np.mean(folds)) if folds else None,
+                    "run_id": run_id,
+                    "test": result.test,
+                    "best_epoch": result.best_epoch,
+                    "steps": result.steps,
+                    "seconds": round(seconds, 2),
+                    "fits": out["fits"],
+                    "n_train": int(out["n_train"]),
+                }
+            )
+            print(
+                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
+                f"test/{metric}={result.test[f'test/{metric}']:.4f} {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {seconds:5.1f}s",
+                flush=True,
+            )
+            if len(group) < len(trials[strategy_name]):
+                continue
+            chosen = group[best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in group], task.higher_is_better)]
+            if len(group) > 1:
+                for g in group:
+                    tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})
             results.append(
                 {
                     "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
                     "strategy": strategy_name,
                     "budget": int(k),
                     "seed": int(seed),
-                    "run_id": run_id,
-                    "test": result.test,
-                    "best_epoch": result.best_epoch,
-                    "steps": result.steps,
-                    "seconds": round(seconds, 2),
-                    "n_train": int(out["n_train"]),
+                    **chosen,
+                    "trials": [{key: g[key] for key in ("trial", "setting", "cv", "run_id", "test", "seconds", "fits")} for g in group],
                 }
             )
-            print(
-                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f} "
-                f"{ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {seconds:5.1f}s",
-                flush=True,
-            )
+            group = []
     results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:

@@ -214,7 +214,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     paths = layout(cfg, name)
     ts = TaskSet.load(paths.data / "tasks")
-    seeds = pick(cfg.get("seed"), list(cfg.seeds), "seed")
+    seeds = pick(cfg.get("seed"), list(cfg.multitask.seeds), "seed")
     mt = cfg.multitask
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
     x, y = torch.as_tensor(ts.x), torch.as_tensor(ts.y)
