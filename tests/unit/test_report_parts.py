@@ -454,3 +454,13 @@ def test_a_task_is_worse_than_the_baseline_only_where_its_paired_interval_lies_b
     assert not stats.worse["noisy", "a"] and not stats.worse["noisy", "r"]
     assert stats.worse["consistent", "a"] and stats.worse["consistent", "r"]
     assert not stats.worse["one", "a"] and not stats.worse["base", "a"]
+
+
+def test_transfer_intervals_stay_within_what_the_metric_can_be():
+    """Two seeds at 0.2 and 0.95 give a t-interval of about [-4.5, 5.6]: shown clipped to accuracy's [0, 1],
+    and an RMSE interval is clipped at 0; the mean and the paired gains are left as they are."""
+    df = pd.DataFrame({"strategy": ["s", "s"], "budget": [1, 1], "seed": [0, 1], "acc": [0.2, 0.95], "rmse": [0.1, 3.0]})
+    acc = transfer.summarise(df, "acc").iloc[0]
+    assert (acc.lo, acc.hi) == (0.0, 1.0) and acc["mean"] == pytest.approx(0.575)
+    rmse = transfer.summarise(df, "rmse", higher_is_better=False).iloc[0]
+    assert rmse.lo == 0.0 and rmse.hi > 3.0

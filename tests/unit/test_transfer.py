@@ -27,6 +27,8 @@ def strategy_cfg(path):
     from pipeline.transfer.tuning import split_search
 
     return split_search(OmegaConf.load(path))[0]
+
+
 MODEL_CFG = REPO / "conf" / "model" / "mlp.yaml"
 LR = 1e-3
 INPUT_DIM = 64

@@ -98,7 +98,9 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
     df = df.dropna(subset=[metric])  # a sanity row may lack a secondary metric
     groups = df.groupby(["strategy", "budget"])[metric]
     stats = groups.agg(mean="mean", std=spread, n="count")
-    stats[["lo", "hi"]] = _intervals(groups)
+    # A t-interval of a few seeds can reach past what the metric can be (accuracy above 1): clipped to its range.
+    low, high = RANGES.get(metric, (None, None))
+    stats[["lo", "hi"]] = _intervals(groups).clip(lower=low, upper=high)
     if baseline is not None and baseline in set(df["strategy"]):
         base = df[df.strategy == baseline].set_index(["budget", "seed"])[metric]
         paired = df.join(base.rename("base"), on=["budget", "seed"])
@@ -111,6 +113,10 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
         stats["negative"] = stats["gain_hi"] < 0  # NaN (one seed) compares False: no verdict
         stats["better"] = stats["gain_lo"] > 0
     return stats.reset_index()
+
+
+# The values each metric can take (pipeline.training.metrics); an interval is clipped to them.
+RANGES = {"acc": (0.0, 1.0), "f1": (0.0, 1.0), "rmse": (0.0, None), "r2": (None, 1.0)}
 
 
 def _intervals(groups) -> pd.DataFrame:
@@ -251,7 +257,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         )
     networks = t.networks
     cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
-    lines += ["", f"## Test {primary} (mean and 95 % t-interval over {len(seeds)} seeds)", ""]
+    lines += ["", f"## Test {primary} (mean and 95 % t-interval over {len(seeds)} seeds{_clipped(primary)})", ""]
     lines += _table(order, budgets, lambda s, b: fmt_interval(cell[s, b].mean, cell[s, b].lo, cell[s, b].hi) if (s, b) in cell else None)
     if len(order) > 1:
         compared = {(s, b): r for (s, b), r in cell.items() if s in networks and s != baseline}
@@ -296,7 +302,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     lines += tuning.section(df, networks, budgets, primary, task.higher_is_better, t.tuning, _table)
     for m in task.metrics[1:]:
         sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
-        lines += ["", f"## Test {m} (mean and 95 % t-interval)", ""]
+        lines += ["", f"## Test {m} (mean and 95 % t-interval{_clipped(m)})", ""]
         lines += _table(order, budgets, lambda s, b, sub=sub: fmt_interval(sub[s, b].mean, sub[s, b].lo, sub[s, b].hi) if (s, b) in sub else None)
     lines += [
         "",
@@ -312,6 +318,13 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _clipped(metric: str) -> str:
+    low, high = RANGES.get(metric, (None, None))
+    if low is None and high is None:
+        return ""
+    return f", clipped to {metric}'s range [{'-∞' if low is None else low}, {'∞' if high is None else high}]"
 
 
 def _t_factor(n: int) -> float:
