@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_STEPS = 200
 FITS: list[dict] = []  # one entry per fit() call, appended by the wrappers from record_fits()
+OWN: list[dict] = []  # the same, in a worker process (or in jobs run in this one), shipped back with each job
 PLAIN: dict[tuple, float] = {}  # seconds per plain-loop step, per process x net shapes x batch size
 CLASSIC: list[float] = []  # seconds of each multitask stage's scikit-learn baselines (their records carry none)
 
@@ -94,19 +95,27 @@ def record_fits() -> None:
             PLAIN[key] = plain_step_seconds(module.net, module.tasks, x, y, bs)
             timing = time.perf_counter() - t0
         result.bench = {"seconds": seconds, "steps": result.steps, "plain": PLAIN[key] * result.steps, "timing": timing}
-        if not in_jobs[0]:
-            FITS.append(result.bench)
+        (OWN if in_jobs[0] else FITS).append(result.bench)
         return result
+
+    def traced(fn):
+        def job(context, one):
+            # This job's fit() calls (a fine-tune job makes one per phase, fold and trial), in the process that ran it.
+            start = len(OWN)
+            out = fn(context, one)
+            return out, OWN[start:]
+
+        return job
 
     @contextmanager
     def taken(fn, context, job_list, workers):
         in_jobs[0] = True
         try:
-            with real_jobs(fn, context, job_list, workers) as outs:
+            with real_jobs(traced(fn), context, job_list, workers) as outs:
 
                 def each():
-                    for out in outs:
-                        FITS.extend(o["result"].bench for o in (out if isinstance(out, list) else [out]))
+                    for out, fits in outs:
+                        FITS.extend(fits)
                         yield out
 
                 yield each()
@@ -134,9 +143,13 @@ def record_fits() -> None:
         longest = max(r.steps for r in results)
         for r in results:
             r.bench = {"seconds": seconds / m, "steps": r.steps, "plain": PLAIN[key] * longest / m, "timing": timing / m}
+            (OWN if in_jobs[0] else FITS).append(r.bench)
         return results, histories
 
+    import pipeline.transfer.schedule as schedule
+
     training.fit, parallel.jobs, members.fit_members = timed, taken, timed_members
+    schedule.fit = timed  # imported by name there
 
     import pipeline.stages.multitask as multitask  # run() calls its module-level classic() by name
 
@@ -244,6 +257,7 @@ def main(argv=None) -> None:
     p.add_argument("--exp", action="append", default=[], help="only this experiment (repeatable)")
     p.add_argument("--quick", action="store_true", help="2 epochs, seed 0, one budget, no sklearn baselines: does it run (about a minute)")
     p.add_argument("--workers", type=int, default=None, help="trainer.workers (default: conf/, 0 = one per core)")
+    p.add_argument("--trials", type=int, default=None, help="transfer.tuning.trials (default: conf/): the tuning budget's cost")
     args = p.parse_args(argv)
 
     import torch
@@ -262,6 +276,9 @@ def main(argv=None) -> None:
         cfg = compose_cfg(Path(tmp), args.quick, args.exp)
         if args.workers is not None:
             cfg.trainer.workers = args.workers
+        if args.trials is not None:
+            cfg.transfer.tuning.trials = args.trials
+        tuning: list[tuple[str, int, float]] = []  # (experiment, trials, finetune seconds)
         chains = [(n, [prepare, pretrain, extract, finetune, report]) for n in cfg.experiments]
         chains += [(n, [prepare, multitask, report]) for n in cfg.multitask_experiments]
         t0 = time.perf_counter()
@@ -275,6 +292,8 @@ def main(argv=None) -> None:
                 seconds, fits = time.perf_counter() - start, FITS[first:]
                 runs = len(records) if isinstance(records, list) else len(fits)  # prepare/extract/report: 0
                 table.add(exp, name, runs, seconds, fits)
+                if name == "finetune":
+                    tuning.append((exp, sum(len(r.get("trials") or [r]) for r in records if not r.get("classic")), seconds))
                 if name in ("finetune", "multitask"):
                     for label, n, sec, part_fits in parts(name, cfg, records, fits, seconds):
                         table.add(exp, f"  {label}", n, sec, part_fits)
@@ -287,6 +306,12 @@ def main(argv=None) -> None:
     table.print(total)
     print("run s: stage wall time, or the result records' seconds for a part; x plain = run s / plain s (see the module docstring)")
     print(f"plain-loop timing inside the stages: {sum(f['timing'] for f in FITS):.1f} s over {workers} process(es)")
+    folds = int(cfg.transfer.tuning.folds) if int(cfg.transfer.tuning.trials) > 1 else 0
+    for exp, trials, seconds in tuning:
+        print(
+            f"finetune {exp}: {trials} trials (transfer.tuning.trials={cfg.transfer.tuning.trials}, {folds} folds) in {seconds:.1f} s,"
+            f" {trials / seconds:.2f} trials/s"
+        )
 
 
 if __name__ == "__main__":
