@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
         *(f"{s}@synthetic_related" for s in ("mt_prepare", "multitask", "mt_report")),
     }
     assert "finetune mnist_to_digits param_transfer     k=3   seed=0 test/acc=" in first  # one line per run
+    # A phased plan's epochs count every phase, each capped at transfer.max_epochs (3 here).
+    assert re.search(r"finetune mnist_to_digits lp_ft +k=1 +seed=0 test/acc=\S+ epochs \d+ in 2 phases \(at most 6\), best \d+", first)
     assert "multitask synthetic_related hard        mgda_ub      seed=0 test/score=" in first
     for f in (
         "mnist_to_digits.md",

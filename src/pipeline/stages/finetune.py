@@ -306,9 +306,16 @@ def run(cfg: DictConfig) -> list[dict]:
                     "n_train": int(out["n_train"]),
                 }
             )
+            # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
+            phases = len(plan.phases or [None])
+            how = (
+                ended(result.epochs, result.best_epoch, tcfg.max_epochs)
+                if phases == 1
+                else f"epochs {result.epochs} in {phases} phases (at most {phases * tcfg.max_epochs}), best {result.best_epoch + 1}"
+            )
             print(
                 f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
-                f"test/{metric}={result.test[f'test/{metric}']:.4f} {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {seconds:5.1f}s",
+                f"test/{metric}={result.test[f'test/{metric}']:.4f} {how} {seconds:5.1f}s",
                 flush=True,
             )
             if len(group) < len(trials[strategy_name]):
