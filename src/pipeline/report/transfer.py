@@ -10,7 +10,7 @@ and seeds, from the extract stage). Findings say when either beats every network
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -139,7 +139,7 @@ class TransferReport:
     df: pd.DataFrame
     stale: list[str]
     sanity: tuple[str, ...] = ()  # rows that are not network strategies: the linear baseline, the zero-label source model
-    tuning: dict = field(default_factory=lambda: {"trials": 1, "folds": 2, "seed": 0})  # transfer.tuning
+    tuning: dict | None = None  # transfer.tuning (read when the records hold several trials)
 
     @property
     def unit(self) -> str:

@@ -125,33 +125,6 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
     return records
 
 
-def tuning_plan(cfg: DictConfig, tcfg, names: list[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, int], object]]:
-    """Per strategy its trial settings ({key: value} over its search space; trial 0 the configured one,
-    `pipeline.transfer.tuning`) and the strategy built with each trial's knobs, keyed (strategy, trial).
-    Search spaces are checked even when untuned (`transfer.tuning.trials=1`)."""
-    from omegaconf import OmegaConf
-
-    from pipeline.transfer.tuning import configured, draw, parse_space, split_search
-
-    n = int(tcfg.tuning.trials)
-    if n < 1:
-        raise PipelineError(f"transfer.tuning.trials must be at least 1 (1 = the configured setting only), got {n}")
-    trials, strategies = {}, {}
-    for s in names:
-        node, search = split_search(cfg.transfer.strategies[s])
-        space = parse_space(s, search, str(node._target_))
-        if n > 1 and not space:
-            raise PipelineError(
-                f"transfer.strategies.{s}.search is empty: with transfer.tuning.trials={n} every strategy gets {n} trials,"
-                f" so each needs a search space (conf/transfer/{s}.yaml)"
-            )
-        trials[s] = draw(space, configured(node, space, tcfg.lr), n, int(tcfg.tuning.seed))
-        for i, setting in enumerate(trials[s]):
-            knobs = {k: v for k, v in setting.items() if k != "lr"}
-            strategies[s, i] = instantiate(OmegaConf.merge(node, knobs), f"transfer strategy {s}" + (f" (trial {i}: {setting})" if i else ""))
-    return trials, strategies
-
-
 def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
     """(budget, seed) -> its cross-validation folds, (fit rows, held-out rows) over the budget's labelled
     train and validation rows; none when untuned. Computed up front, so a fold count the smallest class
@@ -225,8 +198,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
-    from pipeline.transfer import TransferContext
-    from pipeline.transfer.tuning import best_trial
+    from pipeline.transfer import TransferContext, tuning
 
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
@@ -235,7 +207,7 @@ def run(cfg: DictConfig) -> list[dict]:
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
-    trials, strategies = tuning_plan(cfg, tcfg, strategy_names)
+    trials, strategies = tuning.plan(cfg.transfer.strategies, tcfg, strategy_names)
     # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed and trial).
     plans = {s: strategies[s, 0].build(ctx, tcfg.lr) for s in strategy_names}
     context = {
@@ -320,7 +292,7 @@ def run(cfg: DictConfig) -> list[dict]:
             )
             if len(group) < len(trials[strategy_name]):
                 continue
-            chosen = group[best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in group], task.higher_is_better)]
+            chosen = group[tuning.best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in group], task.higher_is_better)]
             if len(group) > 1:
                 for g in group:
                     tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})

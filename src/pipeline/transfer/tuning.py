@@ -156,3 +156,30 @@ def best_trial(scores: Sequence[float], higher_is_better: bool) -> int:
     sign = 1.0 if higher_is_better else -1.0
     ranked = [sign * s if np.isfinite(s) else -np.inf for s in scores]
     return int(np.argmax(ranked))
+
+
+def plan(nodes, tcfg, names: Sequence[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, int], Any]]:
+    """Per strategy of `names` (config nodes `nodes`, `transfer.strategies`) its trial settings ({key: value}
+    over its search space, trial 0 the configured one) and the strategy built with each trial's knobs,
+    keyed (strategy, trial). Search spaces are checked even when untuned (`transfer.tuning.trials=1`)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.errors import instantiate
+
+    n = int(tcfg.tuning.trials)
+    if n < 1:
+        raise PipelineError(f"transfer.tuning.trials must be at least 1 (1 = the configured setting only), got {n}")
+    trials, strategies = {}, {}
+    for s in names:
+        node, search = split_search(nodes[s])
+        space = parse_space(s, search, str(node._target_))
+        if n > 1 and not space:
+            raise PipelineError(
+                f"transfer.strategies.{s}.search is empty: with transfer.tuning.trials={n} every strategy gets {n} trials,"
+                f" so each needs a search space (conf/transfer/{s}.yaml)"
+            )
+        trials[s] = draw(space, configured(node, space, tcfg.lr), n, int(tcfg.tuning.seed))
+        for i, setting in enumerate(trials[s]):
+            knobs = {k: v for k, v in setting.items() if k != "lr"}
+            strategies[s, i] = instantiate(OmegaConf.merge(node, knobs), f"transfer strategy {s}" + (f" (trial {i}: {setting})" if i else ""))
+    return trials, strategies

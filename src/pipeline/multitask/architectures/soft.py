@@ -46,13 +46,16 @@ class SoftSharing(SingleTask):
     closed_form_penalty = True  # training needs only the gradient: `add_penalty_grad`
 
     def _trunk(self) -> tuple[int, list[torch.Tensor]]:
-        """(tasks per member, the trunk's stacked weights and biases): the heads stay free."""
-        b = self.branches
-        return len(self.tasks) // self.n_members, [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
+        """(tasks per member, the trunk's stacked weights and biases, the heads staying free); no tensors
+        when nothing is coupled (one task, or every coupling 0)."""
+        t, b = len(self.tasks) // self.n_members, self.branches
+        if t < 2 or not bool((self.couplings != 0).any()):
+            return t, []
+        return t, [*b.weights[: self.trunk_layers], *b.biases[: self.trunk_layers]]
 
     def penalty(self):
         t, trunk = self._trunk()
-        if t < 2 or not bool((self.couplings != 0).any()):
+        if not trunk:
             return None
         total = 0
         for p in trunk:
@@ -69,8 +72,6 @@ class SoftSharing(SingleTask):
         [256, 128] cost more than the networks' own step; here each trunk tensor is read twice and
         its gradient updated twice, with nothing larger than the mean allocated."""
         t, trunk = self._trunk()
-        if t < 2 or not bool((self.couplings != 0).any()):
-            return
         for p in trunk:
             w = p.detach().view(self.n_members, t, -1)
             if p.grad is None:
