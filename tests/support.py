@@ -22,6 +22,7 @@ TINY = [
     "transfer.patience=2",
     "transfer.min_steps_per_epoch=2",
     "transfer.seeds=[0,1]",
+    "transfer.tuning.trials=1",  # tests/test_tuning_stage.py tunes
     "multitask.seeds=[0,1]",
     "experiments.mnist_to_digits.budgets=[1,3]",
     "trainer.progress_bar=false",

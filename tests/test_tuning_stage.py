@@ -49,6 +49,8 @@ def test_every_trial_is_a_run_and_cross_validation_picks_the_result(tuned):
         chosen = next(r for r in groups[s, str(k), str(seed)] if r.data.tags["selected"] == "true")
         assert rec["run_id"] == chosen.info.run_id and rec["trial"] == int(chosen.data.tags["trial"])
         assert [t["trial"] for t in rec["trials"]] == [0, 1, 2] and rec["trials"][0]["setting"]["lr"] == cfg.transfer.lr
+        # 2 folds over the budget's own split and its mirror: the result's fit is the first fold, 2 fits per trial.
+        assert [t["fits"] for t in rec["trials"]] == [2, 2, 2]
         assert rec["test"]["test/acc"] == pytest.approx(chosen.data.metrics["test/acc"])
     # Trial 0 is the configured setting; the others differ in lr and alpha, the same at every budget and seed.
     settings = {json.dumps(rec["trials"][1]["setting"], sort_keys=True) for (s, _, _), rec in records.items() if s == "l2sp"}

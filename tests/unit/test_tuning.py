@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.errors import PipelineError
-from pipeline.transfer.tuning import best_trial, configured, cv_rows, draw, folds, parse_space, split_search
+from pipeline.transfer.tuning import best_trial, configured, cv_rows, draw, folds, mirrored, mirrors, parse_space, split_search
 from support import ROOT
 
 L2SP = "pipeline.transfer.l2sp.L2SP"
@@ -82,6 +82,22 @@ def test_folds_are_stratified_over_the_budgets_labelled_rows_and_too_many_is_an_
         folds(y, rows, "classification", 1, seed=0, where="k=1")
     reg = folds(np.linspace(0, 1, 200), np.arange(10), "regression", 5, seed=0, where="k=10")
     assert [len(h) for _, h in reg] == [2] * 5
+
+
+def test_two_folds_over_a_budgets_own_validation_labels_are_its_split_and_the_mirror():
+    from pipeline.data import label_budget
+
+    y = np.repeat(np.arange(5), 40).astype(np.float32)
+    train_pool, val_pool = np.arange(0, 200, 2), np.arange(1, 200, 2)
+    index = {"train": label_budget(y, train_pool, "classification", 3, 0), "val": label_budget(y, val_pool, "classification", 3, 0)}
+    (a_fit, a_held), (b_fit, b_held) = mirrored(index)
+    assert list(a_fit) == list(b_held) == list(index["train"]) and list(a_held) == list(b_fit) == list(index["val"])
+    for side in (a_fit, a_held):  # a stratified 2-fold partition: k rows of every class on each side
+        assert sorted(np.unique(y[side], return_counts=True)[1]) == [3] * 5
+    tuning = OmegaConf.create({"folds": 2})
+    assert mirrors(OmegaConf.create({"tuning": tuning, "val_labels": "budget"}))
+    assert not mirrors(OmegaConf.create({"tuning": tuning, "val_labels": "all"}))  # the whole val split is not the budget's
+    assert not mirrors(OmegaConf.create({"tuning": {"folds": 3}, "val_labels": "budget"}))
 
 
 def test_the_best_cross_validated_trial_wins_ties_go_to_the_earlier_and_nan_loses():

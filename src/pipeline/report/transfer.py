@@ -185,8 +185,11 @@ def load(cfg: DictConfig) -> TransferReport:
     df = with_zero_shot(df, task, knowledge)
     from omegaconf import OmegaConf
 
+    from pipeline.transfer.tuning import mirrors
+
     sanity = (LINEAR, LINEAR_FEATURES, ZERO_SHOT)
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, sanity, OmegaConf.to_container(cfg.transfer.tuning))
+    tuned = {**OmegaConf.to_container(cfg.transfer.tuning), "mirrored": mirrors(cfg.transfer)}
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, sanity, tuned)
 
 
 def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:

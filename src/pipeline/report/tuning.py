@@ -58,9 +58,16 @@ def section(df: pd.DataFrame, order: Sequence[str], budgets: Sequence[int], metr
     lines += [
         f"Every strategy had {n} trials per budget and seed: trial 0 its configured setting, trials 1–{n - 1} drawn from its"
         f" `search:` space (`transfer.tuning.seed={tuning['seed']}`: the same draws at every budget and seed). Each trial was"
-        f" scored by {tuning['folds']}-fold stratified cross-validation on the budget's labelled train and validation rows"
-        " (one fit per fold, its epochs chosen on the held-out fold), and the best score chose; the chosen setting then"
-        " trained on the train rows with its epoch chosen on the validation rows, as an untuned run. The test split chose nothing.",
+        + (
+            " scored by 2-fold stratified cross-validation on the budget's labelled rows: a fit on its train rows with the epoch"
+            " chosen and scored on its validation rows, then the mirror (k rows per class on each side), and the best mean"
+            " chose; the chosen trial's first fold, trained as an untuned run, is the result."
+            if tuning.get("mirrored")
+            else f" scored by {tuning['folds']}-fold stratified cross-validation on the budget's labelled train and validation rows"
+            " (one fit per fold, its epochs chosen on the held-out fold), and the best score chose; the chosen setting then"
+            " trained on the train rows with its epoch chosen on the validation rows, as an untuned run."
+        )
+        + " The test split chose nothing.",
         "",
         "Trials (`t<i>`; the same at every budget and seed):",
         "",

@@ -129,7 +129,7 @@ def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
     """(budget, seed) -> its cross-validation folds, (fit rows, held-out rows) over the budget's labelled
     train and validation rows; none when untuned. Computed up front, so a fold count the smallest class
     cannot fill is an error before any training."""
-    from pipeline.transfer.tuning import cv_rows, folds
+    from pipeline.transfer.tuning import cv_rows, folds, mirrored, mirrors
 
     if int(tcfg.tuning.trials) <= 1:
         return {}
@@ -137,8 +137,11 @@ def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
     out = {}
     for k in budgets:
         for seed in seeds:
-            rows = cv_rows(budget_index(y, tgt.splits, task.kind, k, seed, tcfg.val_labels))
-            out[k, seed] = folds(y, rows, task.kind, int(tcfg.tuning.folds), int(tcfg.tuning.seed) + int(seed), f"k={k}, seed {seed}")
+            index = budget_index(y, tgt.splits, task.kind, k, seed, tcfg.val_labels)
+            if mirrors(tcfg):
+                out[k, seed] = mirrored(index)
+            else:
+                out[k, seed] = folds(y, cv_rows(index), task.kind, int(tcfg.tuning.folds), int(tcfg.tuning.seed) + int(seed), f"k={k}, seed {seed}")
     return out
 
 
@@ -171,10 +174,15 @@ def train_one(c: dict, job: tuple) -> dict:
         return train_plan(plan, module, split_tensors(tgt, inputs, rows), tcfg, c["trainer"], seed)
 
     start = time.perf_counter()
-    # A fold's held-out rows choose its epochs and score it; its "test" pass reads them too (unused).
-    folds = [train({"train": fit_rows, "val": held, "test": held}).best_val for fit_rows, held in c["folds"].get((k, seed), [])]
+    result, folds = None, []
+    for i, (fit_rows, held) in enumerate(c["folds"].get((k, seed), [])):
+        if i == 0 and c["mirrored"]:  # the budget's own split: the result's fit is this fold's
+            result = train(index)
+            folds.append(result.best_val)
+        else:  # the held-out rows choose the fold's epochs and score it; its "test" pass reads them too (unused)
+            folds.append(train({"train": fit_rows, "val": held, "test": held}).best_val)
     folds = [float("nan") if v is None else float(v) for v in folds]  # None: no finite validation score
-    result = train(index)
+    result = result or train(index)
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
@@ -218,6 +226,7 @@ def run(cfg: DictConfig) -> list[dict]:
         "strategies": strategies,
         "trials": trials,
         "folds": cv_folds(tgt, tcfg, budgets, seeds),
+        "mirrored": tuning.mirrors(tcfg),
         "ctx": ctx,
         "features": features,
     }

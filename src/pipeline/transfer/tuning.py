@@ -13,6 +13,11 @@ StratifiedKFold, KFold for regression). The trial with the best score is the str
 test metrics come from a fit on the budget's train rows with the epoch chosen on its validation rows,
 as an untuned run's. The test split never selects anything: the report prints the best trial by test
 score apart, as an oracle that shows what selection costs.
+
+Two folds over a budget whose validation labels are its own (k per class in train and in validation)
+are the budget's split and its mirror (`mirrored`): both halves hold k rows per class, so they are a
+stratified 2-fold partition, and the first fold's fit is the one an untuned run makes. A trial then
+costs 2 fits, not 3: the result's fit is also its first fold.
 """
 
 from __future__ import annotations
@@ -123,6 +128,19 @@ def folds(y: np.ndarray, rows: np.ndarray, kind: str, n_folds: int, seed: int, w
     if len(rows) < n_folds:
         raise PipelineError(f"transfer.tuning.folds={n_folds} is larger than the {len(rows)} labelled rows at {where}")
     return [(rows[a], rows[b]) for a, b in KFold(n_folds, shuffle=True, random_state=seed).split(rows)]
+
+
+def mirrors(tcfg) -> bool:
+    """Whether cross-validation uses the budget's own split and its mirror (`mirrored`): `transfer.tuning.folds`
+    is 2 and the validation labels are the budget's (`transfer.val_labels=budget`)."""
+    return int(tcfg.tuning.folds) == 2 and tcfg.val_labels == "budget"
+
+
+def mirrored(index: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 2 folds of a budget whose train and validation rows are both k per class: (train, validation)
+    (the result's own fit) and its mirror (validation, train)."""
+    train, val = np.asarray(index["train"]), np.asarray(index["val"])
+    return [(train, val), (val, train)]
 
 
 def split_search(node) -> tuple[Any, dict]:
