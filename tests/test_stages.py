@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,17 @@ def test_pretrain_checkpoint_and_run(pipeline_run):
     assert len(pre) == 1 and pre[0].info.run_id == ckpt["run_id"]
     assert pre[0].data.metrics["test/acc"] > 0.5  # 3 epochs on 3.5k digits is already far above chance
     assert client.get_metric_history(pre[0].info.run_id, "val/acc"), "per-epoch validation metrics are logged"
+    # Registered: a later experiment or a colleague on the server starts from it by name, its lineage the run.
+    (version,) = client.search_model_versions("name='mnist_to_digits.source'")
+    assert version.run_id == ckpt["run_id"] and version.source == f"models:/{ckpt['model_id']}"
+    assert version.tags == {"data_hash": ckpt["data_hash"], "experiment": "mnist_to_digits"}
+    import mlflow
+
+    uri = client.get_model_version_download_uri("mnist_to_digits.source", version.version)
+    downloaded = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=cfg.tracking.uri))
+    files = [downloaded] if downloaded.is_file() else list(downloaded.rglob("model.pt"))
+    state = torch.load(files[0], weights_only=False)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())
 
 
 def test_extract_features_probs_and_domain_gap(pipeline_run):
@@ -55,7 +67,25 @@ def test_extract_features_probs_and_domain_gap(pipeline_run):
     n = json.loads((k.parent / "data" / "target" / "meta.json").read_text())["split_sizes"]["test"]
     correct = round(summary["zero_shot_acc"] * n)
     assert summary["zero_shot_acc"] <= 1.0 and binom.sf(correct - 1, n, 0.11) < 1e-6, (summary["zero_shot_acc"], n)
-    assert summary["leep"] < 0
+    # Every registered score at every budget x seed, from that budget's labelled rows only.
+    from pipeline.data import TaskSet, budget_index
+    from pipeline.knowledge.logme import LogME
+
+    cfg = pipeline_run["cfg"]
+    records = json.loads((k / "scores.json").read_text())
+    assert {(r["score"], r["budget"], r["seed"]) for r in records} == {(s, b, seed) for s in cfg.knowledge.scores for b in (1, 3) for seed in (0, 1)}
+    assert all(np.isfinite(r["value"]) for r in records)  # a 10-class source and target: every score applies
+    tgt = TaskSet.load(k.parent / "data" / "target")
+    index = budget_index(tgt.y[:, 0], tgt.splits, "classification", 3, 1, "budget")
+    rows = np.concatenate([index["train"], index["val"]])
+    mine = next(r["value"] for r in records if (r["score"], r["budget"], r["seed"]) == ("logme", 3, 1))
+    assert mine == pytest.approx(LogME()(feats[rows], tgt.y[rows, 0], "classification"), rel=1e-9)
+    assert set(summary["scores"]) == set(cfg.knowledge.scores) and summary["not_applicable"] == {}
+    client, runs = mlflow_runs(cfg, "mnist_to_digits")
+    run = next(r for r in runs if r.data.tags["stage"] == "extract")
+    history = client.get_metric_history(run.info.run_id, "knowledge/logme")
+    assert sorted(m.step for m in history) == [1, 3]  # the label budget is the step, the value the mean over seeds
+    assert {m.step: m.value for m in history}[3] == pytest.approx(np.mean([r["value"] for r in records if (r["score"], r["budget"]) == ("logme", 3)]))
 
 
 def test_finetune_one_run_per_strategy_budget_seed_with_tags_and_lineage(pipeline_run):

@@ -262,6 +262,20 @@ class Tracker:
         self.client.finalize_logged_model(model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
+    def register(self, name: str, model_id: str, run_id: str, tags: Mapping[str, str] | None = None) -> str:
+        """A new version of the registered model `name` (created on first use) from the LoggedModel
+        `model_id` of `run_id`, so a later experiment or a colleague on the same server can start from it
+        as `models:/<name>/<version>`. Returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description="Source models pretrained by the pipeline (stage pretrain).")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered before, or by a concurrent run: fine
+                raise
+        version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=dict(tags or {}), model_id=model_id)
+        return str(version.version)
+
     @contextmanager
     def run(self, stage: str, **kwargs: Any) -> Iterator[str]:
         """`start` a run, yield its id, and end it FINISHED, or FAILED if the block raises (then re-raise)."""

@@ -12,7 +12,7 @@ from scipy import stats as scipy_stats
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, atomic_file, read_json, write_json
-from pipeline.knowledge import leep
+from pipeline.knowledge.leep import expected_empirical_predictor as leep
 from pipeline.report import baseline_first
 from pipeline.report.transfer import load_results, summarise
 

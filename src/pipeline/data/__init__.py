@@ -142,3 +142,14 @@ def label_budget(y: np.ndarray, pool: np.ndarray, kind: str, k: int, seed: int, 
             raise PipelineError(f"class {c} has {len(members)} labelled examples in the {where}, fewer than the label budget k={k}")
         chosen.append(rng.permutation(members)[:k])
     return np.sort(np.concatenate(chosen))
+
+
+def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
+    """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
+    seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic
+    few-shot protocol, kept for comparison)."""
+    return {
+        "train": label_budget(y, splits["train"], kind, k, seed),
+        "val": label_budget(y, splits["val"], kind, k, seed) if val_labels == "budget" else splits["val"],
+        "test": splits["test"],
+    }

@@ -10,6 +10,7 @@ and seeds, from the extract stage). Findings say when either beats every network
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -243,8 +244,6 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         )
     else:
         lines.append("- Domain gap: not measured — the source model predicts another task than the target's, so it has no zero-label score.")
-    if "leep" in t.knowledge:
-        lines.append(f"- Transferability (LEEP of the source's predictions on the target train split): {t.knowledge['leep']:.3f}.")
     lines.append(
         f"- {t.n_runs} fine-tune runs of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else ".")
@@ -303,6 +302,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
             else f"- Every strategy × budget comparison with `{baseline}` has a verdict."
         )
     lines += tuning.section(df, networks, budgets, primary, task.higher_is_better, t.tuning, _table)
+    lines += transferability(t.knowledge, budgets)
     for m in task.metrics[1:]:
         sub = {(r.strategy, r.budget): r for r in summarise(df, m).itertuples()}
         lines += ["", f"## Test {m} (mean and 95 % t-interval{_clipped(m)})", ""]
@@ -321,6 +321,34 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+BASELINE_SCORES = ("knn", "probe")  # the naive baselines every score must beat (pipeline.knowledge)
+
+
+def transferability(knowledge: Mapping, budgets: Sequence[int]) -> list[str]:
+    """Markdown lines: the extract stage's scores of the source per budget (mean over seeds), and the
+    scores that do not apply, with their reason."""
+    scores = knowledge.get("scores") or {}
+    if not scores and not knowledge.get("not_applicable"):
+        return []
+    lines = [
+        "",
+        "## Transferability of the source",
+        "",
+        "Scores `extract` computed before any fine-tuning, each from the budget's labelled rows alone (its train and validation"
+        " rows, the ones fine-tuning sees), mean over seeds; higher means the source should serve the target better. `knn`"
+        " (leave-one-out nearest-neighbour accuracy) and `probe` (cross-validated logistic regression) on the source's features"
+        " are the naive baselines a score must beat to be worth its name. A score ranks sources; one source alone is not ranked.",
+        "",
+        "| score | " + " | ".join(f"k={b}" for b in budgets) + " |",
+        "|" + "---|" * (len(budgets) + 1),
+    ]
+    for name, per in scores.items():
+        label = f"{name} (baseline)" if name in BASELINE_SCORES else name
+        lines.append(f"| {label} | " + " | ".join(f"{per[str(b)]:.3f}" if str(b) in per else "–" for b in budgets) + " |")
+    missing = knowledge.get("not_applicable") or {}
+    return lines + ([""] if missing else []) + [f"- `{name}`: not applicable ({reason})." for name, reason in missing.items()]
 
 
 def _clipped(metric: str) -> str:

@@ -1,10 +1,15 @@
 """extract ("knowledge extraction"): the frozen source model over every target sample.
 
 Writes the source features and class probabilities of each target sample, and scores that say how
-far the domains are before any target training: LEEP on the target's train split and, where source
-and target share the task (the same class list, or a regression target of the same name), the source
-model's test metrics on the target test split with no target labels at all (`zero_shot_<metric>`:
-accuracy and F1, or RMSE in the target's units and R²).
+far the domains are before any target training:
+
+- every transferability score of `knowledge.scores` (`pipeline.knowledge`, conf/knowledge/) at every
+  label budget x seed, from that budget's labelled rows only (its train and validation rows: what
+  fine-tuning sees), into `scores.json` and the MLflow run (`knowledge/<score>` at step k, the mean over
+  seeds); a score not defined for these tasks is listed with its reason instead;
+- where source and target share the task (the same class list, or a regression target of the same
+  name), the source model's test metrics on the target test split with no target labels at all
+  (`zero_shot_<metric>`: accuracy and F1, or RMSE in the target's units and R²).
 """
 
 from __future__ import annotations
@@ -36,19 +41,60 @@ def zero_shot(source, target, outputs, y, test) -> dict[str, float]:
     return {k: float(v) for k, v in task_metrics(target, out, torch.as_tensor(y[test], dtype=torch.float32)).items()}
 
 
+def transferability(scores: dict, inputs: dict, y, kind: str, splits: dict, budgets, seeds, val_labels: str, candidate: str) -> list[dict]:
+    """Every score at every budget x seed on that budget's labelled rows: one record each, {score,
+    budget, seed, value} or, where the score does not apply, {..., value: None, reason}. `inputs` maps
+    "features" and "probs" to the source's outputs for every target row (probs None without source classes)."""
+    import numpy as np
+
+    from pipeline.data import budget_index
+    from pipeline.knowledge import NotApplicable
+
+    records = []
+    for k in budgets:
+        for seed in seeds:
+            index = budget_index(y, splits, kind, k, seed, val_labels)
+            rows = np.concatenate([index["train"], index["val"]])
+            for name, score in scores.items():
+                record = {"score": name, "budget": int(k), "seed": int(seed)}
+                try:
+                    if inputs.get(score.inputs) is None:
+                        raise NotApplicable(f"{name} reads the source's class probabilities; this source has no classes")
+                    record["value"] = score(inputs[score.inputs][rows], y[rows], kind, where=f"candidate {candidate}, k={k}, seed {seed}")
+                except NotApplicable as exc:
+                    record |= {"value": None, "reason": str(exc)}
+                records.append(record)
+    return records
+
+
+def by_budget(records: list[dict]) -> dict[str, dict[int, float]]:
+    """{score: {budget: mean over seeds}} of the records that have a value."""
+    import numpy as np
+
+    out: dict[str, dict[int, list]] = {}
+    for r in records:
+        if r["value"] is not None:
+            out.setdefault(r["score"], {}).setdefault(r["budget"], []).append(r["value"])
+    return {s: {k: float(np.mean(v)) for k, v in per.items()} for s, per in out.items()}
+
+
 def run(cfg: DictConfig) -> dict:
     from pipeline.config import settings
 
     # User input first: a mistake in it is reported before torch and Lightning load.
-    (trainer_cfg,) = settings(cfg, "trainer")
-    name, _ = experiment(cfg, "transfer")
+    trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
+    name, exp = experiment(cfg, "transfer")
+    from pipeline.errors import instantiate
+
+    scores = {s: instantiate(node, f"knowledge.scores.{s}") for s, node in cfg.get("knowledge", {}).get("scores", {}).items()}
+
+    import time
 
     import numpy as np
     import torch
 
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
-    from pipeline.knowledge import leep
     from pipeline.models import build, load_checkpoint
     from pipeline.tracking import Tracker
 
@@ -72,9 +118,14 @@ def run(cfg: DictConfig) -> dict:
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
     summary = {"source_run_id": ckpt["run_id"], "feature_dim": int(feats.shape[1]), "shared_label_space": False}
-    if src_task.kind == task.kind == "classification":
-        tr = tgt.splits["train"]
-        summary["leep"] = leep(probs[tr], y[tr].astype(int), task.n_outputs)
+    inputs = {"features": feats, "probs": probs if src_task.kind == "classification" else None}
+    from threadpoolctl import threadpool_limits
+
+    # BLAS's own threads on top of other processes' training oversubscribe the cores (the probe ran 20x slower).
+    with threadpool_limits(int(trainer_cfg.num_threads) if trainer_cfg.num_threads else None):
+        records = transferability(scores, inputs, y, task.kind, tgt.splits, exp.budgets, tcfg.seeds, tcfg.val_labels, "source")
+    summary["scores"] = by_budget(records)
+    summary["not_applicable"] = {r["score"]: r["reason"] for r in records if r["value"] is None}
     if shares_task(src_task, task):
         summary["shared_label_space"] = True
         summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}
@@ -88,13 +139,21 @@ def run(cfg: DictConfig) -> dict:
         dataset=("target", tgt.provenance, "eval"),  # read through the source model, not trained on
     ) as run_id:
         tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
+        now = int(time.time() * 1000)  # the label budget is the step: the UI draws each score over k
+        tracker.log_recorded(run_id, [(f"knowledge/{score}", v, int(k), now) for score, per in summary["scores"].items() for k, v in per.items()])
         summary["run_id"] = run_id
         with atomic_dir(paths.knowledge) as tmp:
             np.save(tmp / "features.npy", feats.astype(np.float32))
             np.save(tmp / "probs.npy", probs.astype(np.float32))
             write_json(tmp / "summary.json", summary)
-    scores = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
-    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features; {scores or 'no score applies to these tasks'}")
+            write_json(tmp / "scores.json", records)
+            tracker.log_artifact(run_id, tmp / "scores.json")
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
+    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features{'; ' + shown if shown else ''}")
+    for score, per in summary["scores"].items():
+        print(f"extract {name}: {score:<17} " + "  ".join(f"k={k}: {v:.4f}" for k, v in per.items()) + " (mean over seeds)")
+    for score, reason in summary["not_applicable"].items():
+        print(f"extract {name}: {score:<17} not applicable: {reason}")
     return summary
 
 

@@ -20,6 +20,7 @@ import time
 
 from omegaconf import DictConfig
 
+from pipeline.data import budget_index
 from pipeline.errors import PipelineError, instantiate
 from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
 
@@ -57,19 +58,6 @@ def linear_params(cfg: DictConfig, name: str | None = None, source_run_id: str |
 def source_lineage(ckpt: dict) -> dict:
     """`Tracker.start`'s lineage arguments for a run that used the source checkpoint: its pretrain run and model."""
     return {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")}
-
-
-def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
-    """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
-    seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic
-    few-shot protocol, kept for comparison)."""
-    from pipeline.data import label_budget
-
-    return {
-        "train": label_budget(y, splits["train"], kind, k, seed),
-        "val": label_budget(y, splits["val"], kind, k, seed) if val_labels == "budget" else splits["val"],
-        "test": splits["test"],
-    }
 
 
 def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict) -> list[dict]:

@@ -78,6 +78,8 @@ def run(cfg: DictConfig) -> dict:
             save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": src.data_hash})
             write_json(tmp / "summary.json", summary)
         tracker.model_ready(run_id, model_id, paths.source / "model.pt")
+        registered = f"{name}.source"
+        version = tracker.register(registered, model_id, run_id, {"data_hash": src.data_hash, "experiment": name})
     metric = task.primary
     if at_cap:
         print(
@@ -85,7 +87,10 @@ def run(cfg: DictConfig) -> dict:
             f" (pretrain.max_epochs={pre.max_epochs}): it may be under-trained; raise pretrain.max_epochs",
             file=sys.stderr,
         )
-    print(f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id}")
+    print(
+        f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id};"
+        f" registered as models:/{registered}/{version}"
+    )
     return summary
 
 
