@@ -90,7 +90,7 @@ class SplitConfig:
 # checked against their signatures when instantiated. Optional keys may be absent: `weightings_on`
 # absent means the study's `multitask.weightings_on`, null the full product.
 EXPERIMENT_KEYS = {
-    "transfer": {"source", "target", "split", "budgets"},
+    "transfer": {"source", "target", "split", "budgets", "source_model"},
     "multitask": {"data", "split", "schemes", "weightings", "weightings_on"},
 }
 REQUIRED_EXPERIMENT_KEYS = {"transfer": {"source", "target", "split", "budgets"}, "multitask": {"data", "split"}}

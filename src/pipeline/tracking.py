@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 REQUIRED_TAGS = ("stage", "scenario", "seed", "git_commit", "data_hash")  # on every run; stages add theirs
 
 # The tag MLflow's UI reads to tell a training experiment (runs first) from a GenAI one (traces first).
@@ -261,6 +263,25 @@ class Tracker:
         self.client.log_model_artifact(model_id, str(path))
         self.client.finalize_logged_model(model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+    def model_file(self, spec: str, dst: str | Path) -> Path:
+        """The checkpoint file of the registered model version `spec` (`models:/<name>/<version>`),
+        downloaded under `dst`; a name or version the registry does not hold is an error naming both."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        parts = spec.removeprefix("models:/").split("/")
+        if len(parts) != 2 or not all(parts):
+            raise PipelineError(f"source_model {spec}: expected models:/<name>/<version>")
+        try:
+            uri = self.client.get_model_version_download_uri(*parts)
+            local = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=self.uri, dst_path=str(dst)))
+        except MlflowException as exc:
+            raise PipelineError(f"source_model {spec}: not found in the model registry at {self.uri} ({exc.message.splitlines()[0]})") from None
+        files = [local] if local.is_file() else sorted(local.rglob("*.pt"))
+        if not files:
+            raise PipelineError(f"source_model {spec}: the registered model has no .pt checkpoint file")
+        return files[0]
 
     def register(self, name: str, model_id: str, run_id: str, tags: Mapping[str, str] | None = None) -> str:
         """A new version of the registered model `name` (created on first use) from the LoggedModel

@@ -117,3 +117,33 @@ def under(name: str, prefixes: Sequence[str]) -> bool:
 
 def layer_names(param_names) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in param_names})
+
+
+def load_user_model(spec: str, fetch=None) -> dict:
+    """A user's source model, `spec` a checkpoint file or `models:/<name>/<version>` (`fetch(spec)` gives
+    the registry's file): {"arch": ..., "state_dict": ...}, loaded with `weights_only=True` (a file from
+    elsewhere runs no code) and checked to build and load strictly. Anything else is an error naming
+    the file and what it lacks."""
+    import pickle
+
+    path = Path(fetch(spec)) if spec.startswith("models:/") else Path(spec)
+    where = f"source_model {spec}" + (f" ({path})" if spec.startswith("models:/") else "")
+    if not path.is_file():
+        raise PipelineError(f"{where}: no such file; give a checkpoint path (relative to the repository) or models:/<name>/<version>")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{where}: not a checkpoint torch loads with weights_only=True ({reason})") from None
+    if not isinstance(ckpt, Mapping) or not {"arch", "state_dict"} <= set(ckpt):
+        got = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise PipelineError(
+            f"{where}: a source checkpoint is a dict with `arch` (the architecture, as pretrain saves it) and `state_dict`; got {got}."
+            " Save one with torch.save({'arch': {'backbone': {...}, 'n_outputs': C}, 'state_dict': net.state_dict()}, path)"
+        )
+    net = build(ckpt["arch"])
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise PipelineError(f"{where}: its state_dict does not fit its arch: {str(exc).splitlines()[1].strip()}") from None
+    return {**ckpt, "net": net}

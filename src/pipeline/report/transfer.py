@@ -227,8 +227,13 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         f" target: `{exp.target._target_.rsplit('.', 1)[1]}` {dict(_plain(exp.target))}.",
         f"- Target task `{task.name}` ({task.kind}{f', {task.n_outputs} classes' if task.classes else ''}); {t.unit} k ∈ {budgets};"
         f" seeds {seeds} (a seed fixes the labelled subset and the initialisation, so gains are paired).",
-        f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split"
-        f" (MLflow run `{t.source['run_id']}`).",
+        (
+            f"- Source model: test {primary} {t.source['test'].get('test/' + primary, float('nan')):.3f} on the source's own test split"
+            if t.source["test"]
+            else "- Source model: not tested on the source split (it predicts another task)"
+        )
+        + (f", loaded from `{t.source['loaded_from']}` (not trained here)" if t.source.get("loaded_from") else "")
+        + f" (MLflow run `{t.source['run_id']}`).",
     ]
     if t.source.get("best_epoch_at_cap"):
         lines.append(

@@ -1,4 +1,10 @@
-"""pretrain: backbone + head trained on the source task; the checkpoint keeps its architecture."""
+"""pretrain: backbone + head trained on the source task; the checkpoint keeps its architecture.
+
+An experiment's `source_model` (a checkpoint file, or `models:/<name>/<version>` from the MLflow Model
+Registry) replaces the training: that model, checked, is this experiment's source (`adopt`). Either
+way the source becomes a LoggedModel of the pretrain run and a new version of the registered model
+`<experiment>.source`.
+"""
 
 from __future__ import annotations
 
@@ -47,10 +53,12 @@ def run(cfg: DictConfig) -> dict:
     src = TaskSet.load(paths.data / "source")
     task = src.tasks[0]
     seed = pre.seed
+    tracker = Tracker(name, cfg.tracking.uri)
+    if exp.get("source_model"):
+        return adopt(str(exp.source_model), name, src, TaskSet.load(paths.data / "target"), tracker, paths)
     arch = architecture(cfg.model, src.x.shape[1], task.n_outputs)
     torch.manual_seed(seed)
     net = build(arch)
-    tracker = Tracker(name, cfg.tracking.uri)
     params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
     with tracker.run("pretrain", seed=seed, data_hash=src.data_hash, params=params, dataset=("source", src.provenance)) as run_id:
         start = time.perf_counter()
@@ -91,6 +99,65 @@ def run(cfg: DictConfig) -> dict:
         f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id};"
         f" registered as models:/{registered}/{version}"
     )
+    return summary
+
+
+def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
+    """The user's model `spec` as this experiment's source: loaded safely and checked against the
+    target's input size, tested on the source split when it predicts the source's task, logged and
+    registered as a trained source would be. Its own task comes from its checkpoint when it carries one."""
+    import tempfile
+    import time
+
+    import torch
+
+    from pipeline.data import TaskSpec
+    from pipeline.errors import PipelineError
+    from pipeline.io import atomic_dir, write_json
+    from pipeline.models import load_user_model, save_checkpoint
+    from pipeline.training import task_metrics
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="source-model-") as tmp:
+        ckpt = load_user_model(spec, fetch=lambda s: tracker.model_file(s, tmp))
+    net, arch = ckpt["net"], ckpt["arch"]
+    takes, has = arch["backbone"].get("input_dim"), tgt.x.shape[1]
+    if takes != has:
+        raise PipelineError(
+            f"source_model {spec}: the model takes inputs of size {takes}, the target's rows have {has} features ({paths.data / 'target'})"
+        )
+    own = src.tasks[0]
+    matches = src.x.shape[1] == takes and own.n_outputs == arch["n_outputs"]
+    if "task" in ckpt:
+        task = TaskSpec(**ckpt["task"])
+    else:  # a checkpoint from elsewhere: the experiment's source task if the model fits it, else unnamed classes
+        task = own if matches else TaskSpec("source", "classification", [str(i) for i in range(int(arch["n_outputs"]))])
+    test = {}
+    if matches and task.kind == own.kind:
+        net.eval()
+        with torch.inference_mode():
+            x, y = (torch.as_tensor(a[src.splits["test"]]) for a in (src.x, src.y[:, 0]))
+            test = {f"test/{k}": float(v) for k, v in task_metrics(own, net(x), y).items()}
+    with tracker.run("pretrain", data_hash=src.data_hash, params={"source_model": spec, "arch": arch}, tags={"source_model": spec}) as run_id:
+        tracker.log_metrics(run_id, test)
+        model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": src.data_hash, "loaded_from": spec})
+        summary = {
+            "run_id": run_id,
+            "model_id": model_id,
+            "task": asdict(task),
+            "data_hash": src.data_hash,
+            "test": test,
+            "loaded_from": spec,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        with atomic_dir(paths.source) as out:
+            extra = {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": src.data_hash, "loaded_from": spec}
+            save_checkpoint(out / "model.pt", net, arch, extra)
+            write_json(out / "summary.json", summary)
+        tracker.model_ready(run_id, model_id, paths.source / "model.pt")
+        version = tracker.register(f"{name}.source", model_id, run_id, {"data_hash": src.data_hash, "experiment": name, "loaded_from": spec})
+    tested = ", ".join(f"{k}={v:.4f}" for k, v in test.items()) or "not tested (it predicts another task than the source data's)"
+    print(f"pretrain {name}: source model loaded from {spec}, {tested}; run {run_id}; registered as models:/{name}.source/{version}")
     return summary
 
 
