@@ -43,6 +43,52 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def check_store(configured: str | None = None) -> str:
+    """The tracking URI (`tracking_uri`), checked before a stage trains anything: a server that does
+    not answer, a file that is not an MLflow SQLite store, or a store that cannot be written is an
+    error naming the URI within seconds (MLflow's client retries for about 4 minutes first). For a
+    server, MLflow's HTTP retries and timeout are also capped for the rest of the process unless the
+    user set them, so a server that goes away mid-grid fails in seconds too."""
+    uri = tracking_uri(configured)
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:  # it answered, but not as an MLflow server would
+            hint = " (a server reached by a name it does not expect answers 403: start it with --allowed-hosts)" if exc.code == 403 else ""
+            raise PipelineError(f"tracking store {uri} answered HTTP {exc.code} to /health{hint}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PipelineError(
+                f"tracking store {uri} does not answer ({reason}); start the server, or unset MLFLOW_TRACKING_URI to use tracking.uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        import sqlite3
+
+        path = Path(uri[len("sqlite:///") :])
+        if not path.parent.is_dir():
+            raise PipelineError(f"tracking store {uri}: the folder {path.parent} does not exist")
+        if not path.exists():
+            if not os.access(path.parent, os.W_OK):
+                raise PipelineError(f"tracking store {uri}: the folder {path.parent} is not writable")
+            return uri
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise PipelineError(f"tracking store {uri}: {path} is not a SQLite database ({exc})") from None
+        if tables and "experiments" not in tables:  # another application's database: MLflow would add its tables to it
+            raise PipelineError(f"tracking store {uri}: {path} is a SQLite database but not an MLflow store (tables {sorted(tables)[:5]})")
+        if not os.access(path, os.W_OK):
+            raise PipelineError(f"tracking store {uri}: {path} is read-only")
+    return uri
+
+
 def pipeline_outputs(root: Path) -> list[str]:
     """Paths (files, or folders ending in `/`) that `dvc repro` writes, relative to the repo root:
     `dvc.lock`, `params.yaml` (DVC composes it from conf/) and the outs, metrics and plots of dvc.yaml

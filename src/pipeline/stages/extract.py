@@ -88,6 +88,10 @@ def run(cfg: DictConfig) -> dict:
 
     scores = {s: instantiate(node, f"knowledge.scores.{s}") for s, node in cfg.get("knowledge", {}).get("scores", {}).items()}
 
+    from pipeline.tracking import check_store
+
+    check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
+
     import time
 
     import numpy as np

@@ -186,6 +186,10 @@ def run(cfg: DictConfig) -> list[dict]:
     if tcfg.val_labels not in ("budget", "all"):
         raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {tcfg.val_labels!r}")
 
+    from pipeline.tracking import check_store
+
+    check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
+
     import numpy as np
 
     from pipeline.data import TaskSet

@@ -204,6 +204,9 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer_cfg, mcfg = settings(cfg, "trainer", "multitask")
     name, exp = experiment(cfg, "multitask")
     grid(cfg, exp)
+    from pipeline.tracking import check_store
+
+    check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
 
     import torch
 

@@ -40,6 +40,9 @@ def run(cfg: DictConfig) -> dict:
     # User input first: a mistake in it is reported before torch and Lightning load.
     trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
     name, exp = experiment(cfg, "transfer")
+    from pipeline.tracking import check_store
+
+    check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
 
     import torch
 

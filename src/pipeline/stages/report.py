@@ -40,8 +40,11 @@ def metrics_dir(rows: dict) -> object:
 
 def run(cfg: DictConfig) -> dict:
     from pipeline.stages import experiment_kind
+    from pipeline.tracking import check_store
 
-    return run_multitask(cfg) if experiment_kind(cfg) == "multitask" else run_transfer(cfg)
+    kind = experiment_kind(cfg)
+    check_store(cfg.tracking.uri)
+    return run_multitask(cfg) if kind == "multitask" else run_transfer(cfg)
 
 
 def run_transfer(cfg: DictConfig) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -51,9 +52,24 @@ def worker_count(setting: int, n_jobs: int, accelerator: str = "cpu") -> int:
     return max(1, min(cores, n_jobs))
 
 
-def _start_worker() -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the stage's process ends, killed included (a killed `dvc repro` stage
+    left its workers training otherwise): Linux's PR_SET_PDEATHSIG, one libc call no library wraps.
+    Elsewhere a killed stage's workers end after their current job."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the stage died before the call above
+        os._exit(1)
+
+
+def _start_worker(parent: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
+    _die_with_parent(parent)
     # numpy/scipy BLAS gets one thread per worker too, as torch does.
     from threadpoolctl import threadpool_limits
 
@@ -79,7 +95,7 @@ def jobs(fn: Callable[[Any, Any], Any], context: Any, job_list: Sequence[Any], w
     from threadpoolctl import threadpool_limits
 
     _TASK = (fn, context)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(_call, job) for job in job_list]
         # What this process computes meanwhile (scikit-learn baselines) takes one core, not all of them
