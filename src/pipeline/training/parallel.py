@@ -61,7 +61,9 @@ def _die_with_parent(parent: int) -> None:
     import ctypes
     import signal
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    # SIGKILL: Lightning's own SIGTERM handler would finish the step and the worker take the next job;
+    # a worker writes nothing (the stage does), so nothing is left half-written.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the stage died before the call above
         os._exit(1)
 
