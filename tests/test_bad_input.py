@@ -192,3 +192,64 @@ def test_unknown_target_is_one_line_through_the_cli(tmp_path):
         "error: experiment mnist_to_digits target: _target_ 'pipeline.data.digits.nope' cannot be found (ImportError)"
     ], proc.stderr
     assert proc.stdout.strip() == "", proc.stdout
+
+
+# The catalogue: one row per way a user's table or experiment file goes wrong. Each row writes the
+# target table (or sets the budgets), runs prepare, and expects one message naming the file or key and
+# the fault, and no outputs at all.
+def _rows(t):
+    return t.to_csv(index=False).encode()
+
+
+def _latin1(t):
+    return t.rename(columns={"alcohol": "alcool_é"}).to_csv(index=False).encode("latin-1")
+
+
+def _repeated(t):
+    return _rows(t).decode().replace("malic_acid", "alcohol", 1).encode()
+
+
+def _every_7th(value):
+    return lambda t: _rows(t.assign(alcohol=t.alcohol.astype(object).where(t.index % 7 != 0, value)))
+
+
+def _infinite(t):
+    return _rows(t.assign(alcohol=t.alcohol.where(t.index != 3, np.inf)))
+
+
+def _unlabelled(t):
+    return _rows(t.assign(cultivar=t.cultivar.astype(float).where(t.index != 5, np.nan)))
+
+
+TABLE_FAULTS = [
+    ("empty file", lambda t: b"", "csv", "[1,3]", ["{target}", "cannot be read as csv: No columns to parse"]),
+    ("header only", lambda t: (",".join(t.columns) + "\n").encode(), "csv", "[1,3]", ["{target}", "but no rows"]),
+    ("truncated mid-row", lambda t: _rows(t)[:-37], "csv", "[1,3]", ["{target}", "missing (NaN) values"]),
+    ("binary garbage", lambda t: bytes(range(256)) * 20, "csv", "[1,3]", ["{target}", "cannot be read as csv"]),
+    ("latin-1 header", _latin1, "csv", "[1,3]", ["{target}", "'utf-8' codec can't decode"]),
+    ("CSV named .parquet", _rows, "parquet", "[1,3]", ["{target}", "cannot be read as parquet"]),
+    ("unsupported suffix", _rows, "xlsx", "[1,3]", ["{target}", "unsupported file type '.xlsx'"]),
+    ("duplicate columns", _repeated, "csv", "[1,3]", ["{target}", "column names ['alcohol'] appear more than once"]),
+    ("text in a feature", _every_7th("high"), "csv", "[1,3]", ["{target}", "feature column 'alcohol' is not numeric", "'high'"]),
+    ("'n/a' in a feature", _every_7th("n/a"), "csv", "[1,3]", ["{target}", "column 'alcohol' has 13 missing (NaN) values"]),
+    ("infinite feature", _infinite, "csv", "[1,3]", ["{target}", "column 'alcohol' has 1 infinite values"]),
+    ("missing label", _unlabelled, "csv", "[1,3]", ["{target}", "column 'cultivar' has 1 missing (NaN) values"]),
+    ("a single row", lambda t: _rows(t.iloc[:1]), "csv", "[1,3]", ["{target}", "no labelled example in the val split"]),
+    ("negative budget", _rows, "csv", "[-1,3]", ["experiments.mine.budgets must be a list of whole numbers >= 1", "[-1, 3]"]),
+    ("zero budget", _rows, "csv", "[0,3]", ["experiments.mine.budgets", "[0, 3]"]),
+    ("fractional budget", _rows, "csv", "[1.5,3]", ["experiments.mine.budgets", "[1.5, 3]"]),
+    ("budget as text", _rows, "csv", "[one]", ["experiments.mine.budgets", "['one']"]),
+    ("budget above a class", _rows, "csv", "[1000]", ["{target}", "fewer than the label budget k=1000"]),
+]
+
+
+@pytest.mark.parametrize("fault,content,suffix,budgets,fragments", TABLE_FAULTS, ids=[f[0] for f in TABLE_FAULTS])
+def test_catalogue_of_table_and_budget_faults(make_cfg, tmp_path, fault, content, suffix, budgets, fragments):
+    src, csv_target = wine_tables(tmp_path)
+    import pandas as pd
+
+    target = tmp_path / f"target_file.{suffix}"
+    target.write_bytes(content(pd.read_csv(csv_target)))
+    cfg = table_cfg(make_cfg, src, target, budgets=budgets)
+    assert_prepare_fails(cfg, *(f.format(target=target) for f in fragments))
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "reports").exists()

@@ -139,6 +139,11 @@ def check_experiment(node: DictConfig, name: str, kind: str) -> None:
         fix = " (e.g. `split: {val: 0.2, test: 0.2, seed: 0}`)" if "split" in absent else ""
         raise PipelineError(f"experiment {name} ({path}) lacks {', '.join(f'`{k}:` ({where}.{k})' for k in absent)}; add it to {path}{fix}")
     _merge(SplitConfig, node.split, f"{where}.split")
+    if kind == "transfer":
+        budgets = OmegaConf.to_container(node.budgets) if OmegaConf.is_list(node.budgets) else node.budgets
+        whole = isinstance(budgets, list) and budgets and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in budgets)
+        if not whole:
+            raise PipelineError(f"experiment {name} ({path}): {where}.budgets must be a list of whole numbers >= 1 (labels per class), got {budgets}")
 
 
 SCHEMAS = {"trainer": TrainerConfig, "pretrain": PretrainConfig, "transfer": TransferConfig, "multitask": MultitaskConfig}

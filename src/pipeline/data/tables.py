@@ -19,14 +19,27 @@ def read_table(path: Path):
     if not path.exists():
         raise PipelineError(f"{path}: file not found")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".txt", ".parquet", ".pq"):
+        raise PipelineError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
     try:
         if suffix in (".csv", ".txt"):
-            return pd.read_csv(path)
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            df = pd.read_csv(path)
+        else:
+            df = pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types; the user needs the file name
         raise PipelineError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
-    raise PipelineError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+    if suffix in (".csv", ".txt"):
+        import csv
+
+        # pandas renames a repeated column `a` to `a.1` without a word: the header as written says it.
+        with open(path, newline="", encoding="utf-8") as fh:
+            names = next(csv.reader(fh), [])
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise PipelineError(f"{path}: column names {repeated} appear more than once in the header")
+    if len(df) == 0:
+        raise PipelineError(f"{path}: has columns {list(df.columns)[:8]} but no rows")
+    return df
 
 
 def label_sort_key(name: str):
@@ -66,11 +79,19 @@ def feature_columns(df, p: Path, features: Sequence[str] | None, exclude: Sequen
 
 
 def check_no_nan(df, columns: Sequence[str], p: Path) -> None:
+    """Every value of `columns` present and, where numeric, finite: a NaN or an infinity in a feature
+    would turn every loss it touches into NaN."""
+    import pandas as pd
+
     for c in columns:
         n_nan = int(df[c].isna().sum())
         if n_nan:
             rows = df.index[df[c].isna()][:5].tolist()
             raise PipelineError(f"{p}: column {c!r} has {n_nan} missing (NaN) values, first at rows {rows}")
+        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+            infinite = np.isinf(df[c].to_numpy(dtype=float))
+            if infinite.any():
+                raise PipelineError(f"{p}: column {c!r} has {int(infinite.sum())} infinite values, first at rows {df.index[infinite][:5].tolist()}")
 
 
 def encode_classes(values, p: Path, classes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
