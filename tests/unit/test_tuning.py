@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.data import labelled_rows as cv_rows
 from pipeline.errors import PipelineError
-from pipeline.transfer.tuning import best_trial, configured, cv_rows, draw, folds, mirrored, mirrors, parse_space, split_search
+from pipeline.transfer.tuning import best_trial, configured, draw, folds, mirrored, mirrors, parse_space, split_search
 from support import ROOT
 
 L2SP = "pipeline.transfer.l2sp.L2SP"

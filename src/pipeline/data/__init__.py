@@ -144,6 +144,11 @@ def label_budget(y: np.ndarray, pool: np.ndarray, kind: str, k: int, seed: int, 
     return np.sort(np.concatenate(chosen))
 
 
+def labelled_rows(index: dict) -> np.ndarray:
+    """The labelled rows a user with the budget has: its train and validation rows (`budget_index`)."""
+    return np.concatenate([np.asarray(index["train"]), np.asarray(index["val"])])
+
+
 def budget_index(y, splits: dict, kind: str, k: int, seed: int, val_labels: str) -> dict:
     """The rows one budget x seed trains, selects and tests on. Budget subsets nest across k at a fixed
     seed; validation labels follow the same budget unless `transfer.val_labels=all` (an optimistic

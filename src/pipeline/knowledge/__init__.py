@@ -26,6 +26,7 @@ class Score:
     name = "score"
     inputs = "features"  # or "probs": the source model's class probabilities
     kinds: tuple[str, ...] = ("classification",)
+    baseline = False  # a naive baseline (kNN, probe) that the other scores must beat to be worth showing
 
     def __call__(self, x: np.ndarray, y: np.ndarray, kind: str, where: str = "") -> float:
         if kind not in self.kinds:

@@ -13,6 +13,7 @@ from pipeline.knowledge import NotApplicable, Score
 class KNN(Score):
     name = "knn"
     kinds = ("classification", "regression")
+    baseline = True
 
     def __init__(self, neighbours: int = 1) -> None:
         self.neighbours = int(neighbours)

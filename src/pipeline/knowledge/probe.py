@@ -13,6 +13,7 @@ from pipeline.knowledge import NotApplicable, Score, canonical_order
 class Probe(Score):
     name = "probe"
     kinds = ("classification", "regression")
+    baseline = True
 
     def __init__(self, folds: int = 5, c: float = 100.0) -> None:
         self.folds, self.c = int(folds), float(c)

@@ -328,9 +328,6 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
     return "\n".join(lines)
 
 
-BASELINE_SCORES = ("knn", "probe")  # the naive baselines every score must beat (pipeline.knowledge)
-
-
 def transferability(knowledge: Mapping, budgets: Sequence[int]) -> list[str]:
     """Markdown lines: the extract stage's scores of the source per budget (mean over seeds), and the
     scores that do not apply, with their reason."""
@@ -350,7 +347,7 @@ def transferability(knowledge: Mapping, budgets: Sequence[int]) -> list[str]:
         "|" + "---|" * (len(budgets) + 1),
     ]
     for name, per in scores.items():
-        label = f"{name} (baseline)" if name in BASELINE_SCORES else name
+        label = f"{name} (baseline)" if name in knowledge.get("baseline_scores", ()) else name
         lines.append(f"| {label} | " + " | ".join(f"{per[str(b)]:.3f}" if str(b) in per else "–" for b in budgets) + " |")
     missing = knowledge.get("not_applicable") or {}
     return lines + ([""] if missing else []) + [f"- `{name}`: not applicable ({reason})." for name, reason in missing.items()]

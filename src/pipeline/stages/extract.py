@@ -45,16 +45,15 @@ def transferability(scores: dict, inputs: dict, y, kind: str, splits: dict, budg
     """Every score at every budget x seed on that budget's labelled rows: one record each, {score,
     budget, seed, value} or, where the score does not apply, {..., value: None, reason}. `inputs` maps
     "features" and "probs" to the source's outputs for every target row (probs None without source classes)."""
-    import numpy as np
 
-    from pipeline.data import budget_index
+    from pipeline.data import budget_index, labelled_rows
     from pipeline.knowledge import NotApplicable
 
     records = []
     for k in budgets:
         for seed in seeds:
             index = budget_index(y, splits, kind, k, seed, val_labels)
-            rows = np.concatenate([index["train"], index["val"]])
+            rows = labelled_rows(index)
             for name, score in scores.items():
                 record = {"score": name, "budget": int(k), "seed": int(seed)}
                 try:
@@ -130,6 +129,7 @@ def run(cfg: DictConfig) -> dict:
         records = transferability(scores, inputs, y, task.kind, tgt.splits, exp.budgets, tcfg.seeds, tcfg.val_labels, "source")
     summary["scores"] = by_budget(records)
     summary["not_applicable"] = {r["score"]: r["reason"] for r in records if r["value"] is None}
+    summary["baseline_scores"] = [s for s, score in scores.items() if score.baseline]
     if shares_task(src_task, task):
         summary["shared_label_space"] = True
         summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}

@@ -117,7 +117,8 @@ def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
     """(budget, seed) -> its cross-validation folds, (fit rows, held-out rows) over the budget's labelled
     train and validation rows; none when untuned. Computed up front, so a fold count the smallest class
     cannot fill is an error before any training."""
-    from pipeline.transfer.tuning import cv_rows, folds, mirrored, mirrors
+    from pipeline.data import labelled_rows
+    from pipeline.transfer.tuning import folds, mirrored, mirrors
 
     if int(tcfg.tuning.trials) <= 1:
         return {}
@@ -129,7 +130,9 @@ def cv_folds(tgt, tcfg, budgets, seeds) -> dict[tuple[int, int], list]:
             if mirrors(tcfg):
                 out[k, seed] = mirrored(index)
             else:
-                out[k, seed] = folds(y, cv_rows(index), task.kind, int(tcfg.tuning.folds), int(tcfg.tuning.seed) + int(seed), f"k={k}, seed {seed}")
+                out[k, seed] = folds(
+                    y, labelled_rows(index), task.kind, int(tcfg.tuning.folds), int(tcfg.tuning.seed) + int(seed), f"k={k}, seed {seed}"
+                )
     return out
 
 

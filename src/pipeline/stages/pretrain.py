@@ -47,8 +47,7 @@ def run(cfg: DictConfig) -> dict:
     import torch
 
     from pipeline.data import TaskSet
-    from pipeline.io import atomic_dir, write_json
-    from pipeline.models import architecture, build, save_checkpoint
+    from pipeline.models import architecture, build
     from pipeline.tracking import Tracker
     from pipeline.training import TaskModule, fit
 
@@ -82,15 +81,7 @@ def run(cfg: DictConfig) -> dict:
             "best_epoch_at_cap": at_cap,
             "seconds": round(seconds, 2),
         }
-        # The source model as an MLflow LoggedModel (the checkpoint file), which fine-tune runs take as input.
-        model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": src.data_hash, "task": task.name})
-        summary["model_id"] = model_id
-        with atomic_dir(paths.source) as tmp:
-            save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": src.data_hash})
-            write_json(tmp / "summary.json", summary)
-        tracker.model_ready(run_id, model_id, paths.source / "model.pt")
-        registered = f"{name}.source"
-        version = tracker.register(registered, model_id, run_id, {"data_hash": src.data_hash, "experiment": name})
+        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths)
     metric = task.primary
     if at_cap:
         print(
@@ -100,9 +91,26 @@ def run(cfg: DictConfig) -> dict:
         )
     print(
         f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id};"
-        f" registered as models:/{registered}/{version}"
+        f" registered as models:/{name}.source/{version}"
     )
     return summary
+
+
+def publish(tracker, run_id: str, name: str, net, arch: dict, task, data_hash: str, summary: dict, paths, loaded_from: str | None = None) -> str:
+    """The source as this experiment's output: an MLflow LoggedModel of `run_id` (which fine-tune runs
+    take as input), the checkpoint and `summary` written at once, and a new version of the registered
+    model `<name>.source`. Returns the version."""
+    from pipeline.io import atomic_dir, write_json
+    from pipeline.models import save_checkpoint
+
+    origin = {"loaded_from": loaded_from} if loaded_from else {}
+    model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": data_hash, "task": task.name, **origin})
+    summary["model_id"] = model_id
+    with atomic_dir(paths.source) as tmp:
+        save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": data_hash, **origin})
+        write_json(tmp / "summary.json", summary)
+    tracker.model_ready(run_id, model_id, paths.source / "model.pt")
+    return tracker.register(f"{name}.source", model_id, run_id, {"data_hash": data_hash, "experiment": name, **origin})
 
 
 def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
@@ -116,8 +124,7 @@ def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
 
     from pipeline.data import TaskSpec
     from pipeline.errors import PipelineError
-    from pipeline.io import atomic_dir, write_json
-    from pipeline.models import load_user_model, save_checkpoint
+    from pipeline.models import load_user_model
     from pipeline.training import task_metrics
 
     start = time.perf_counter()
@@ -143,22 +150,9 @@ def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
             test = {f"test/{k}": float(v) for k, v in task_metrics(own, net(x), y).items()}
     with tracker.run("pretrain", data_hash=src.data_hash, params={"source_model": spec, "arch": arch}, tags={"source_model": spec}) as run_id:
         tracker.log_metrics(run_id, test)
-        model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": src.data_hash, "loaded_from": spec})
-        summary = {
-            "run_id": run_id,
-            "model_id": model_id,
-            "task": asdict(task),
-            "data_hash": src.data_hash,
-            "test": test,
-            "loaded_from": spec,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        with atomic_dir(paths.source) as out:
-            extra = {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": src.data_hash, "loaded_from": spec}
-            save_checkpoint(out / "model.pt", net, arch, extra)
-            write_json(out / "summary.json", summary)
-        tracker.model_ready(run_id, model_id, paths.source / "model.pt")
-        version = tracker.register(f"{name}.source", model_id, run_id, {"data_hash": src.data_hash, "experiment": name, "loaded_from": spec})
+        summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": test, "loaded_from": spec}
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths, loaded_from=spec)
     tested = ", ".join(f"{k}={v:.4f}" for k, v in test.items()) or "not tested (it predicts another task than the source data's)"
     print(f"pretrain {name}: source model loaded from {spec}, {tested}; run {run_id}; registered as models:/{name}.source/{version}")
     return summary

@@ -163,11 +163,6 @@ def configured(node, space: Space, lr: float) -> dict[str, Any]:
     return {k: lr if k == "lr" else _plain(values[k]) if k in values else defaults[k] for k in space.dims}
 
 
-def cv_rows(index: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The labelled rows a user with the budget has: its train and validation rows."""
-    return np.concatenate([np.asarray(index["train"]), np.asarray(index["val"])])
-
-
 def best_trial(scores: Sequence[float], higher_is_better: bool) -> int:
     """The trial with the best cross-validated score; ties and non-finite scores favour the earlier
     trial (trial 0 is the configured setting)."""
