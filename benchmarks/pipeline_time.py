@@ -34,6 +34,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_STEPS = 200
@@ -279,7 +280,8 @@ def main(argv=None) -> None:
         if args.trials is not None:
             cfg.transfer.tuning.trials = args.trials
         tuning: list[tuple[str, int, float]] = []  # (experiment, trials, finetune seconds)
-        chains = [(n, [prepare, pretrain, extract, finetune, report]) for n in cfg.experiments]
+        candidates = SimpleNamespace(__name__="candidates", run=pretrain.run_candidates)  # DVC's candidate@<name> stages
+        chains = [(n, [prepare, pretrain, candidates, extract, finetune, report]) for n in cfg.experiments]
         chains += [(n, [prepare, multitask, report]) for n in cfg.multitask_experiments]
         t0 = time.perf_counter()
         for exp, stages in chains:

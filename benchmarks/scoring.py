@@ -40,7 +40,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="scoring-") as tmp:
         tmp = Path(tmp)
-        for part in ("data", "source", "knowledge"):
+        for part in ("data", "sources", "knowledge"):
             shutil.copytree(ROOT / "artifacts" / args.exp / part, tmp / "artifacts" / args.exp / part)
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
             cfg = compose("config", overrides=[f"exp={args.exp}", "trainer.progress_bar=false", f"strategy=[{','.join(args.strategies)}]"])

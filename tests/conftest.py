@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import compose_cfg, run_stages
+from support import candidates, compose_cfg, run_stages
 
 
 @pytest.fixture
@@ -21,4 +21,15 @@ def pipeline_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("chain")
     cfg, out = run_stages(tmp, (prepare, pretrain, extract, finetune, report))
+    return {"cfg": cfg, "tmp": tmp, **out}
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """The transfer chain on mnist_to_digits with conf/'s candidate sources, fine-tuning only what the
+    sources report reads (the linear probe) and the baseline the transfer report needs."""
+    from pipeline.stages import extract, finetune, prepare, pretrain, report
+
+    tmp = tmp_path_factory.mktemp("zoo")
+    cfg, out = run_stages(tmp, (prepare, pretrain, candidates, extract, finetune, report), ["strategy=[scratch,linear_features]"], zoo=True)
     return {"cfg": cfg, "tmp": tmp, **out}

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -33,23 +34,37 @@ TINY = [
 SYNTHETIC = [f"+experiment@multitask_experiments.{n}={n}" for n in ("synthetic_related", "synthetic_unrelated")]
 
 
-def run_stages(tmp: Path, stages, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
+def _pretrain_candidates(cfg: DictConfig) -> dict:
+    from pipeline.stages import pretrain
+
+    return pretrain.run_candidates(cfg)
+
+
+# A stage-like step for run_stages: every candidate source of the experiment, as its DVC stages would.
+candidates = SimpleNamespace(__name__="pipeline.stages.candidates", run=_pretrain_candidates)
+
+
+def run_stages(tmp: Path, stages, overrides: list[str] = (), zoo: bool = False) -> tuple[DictConfig, dict]:
     """Run `stages` in order on the real conf/ (TINY plus `overrides`) with tmp as working directory
-    and store: (the config, {stage name: what its run returned})."""
+    and store: (the config, {stage name: what its run returned}). zoo: keep conf/'s candidate sources."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     old = os.getcwd()
     os.chdir(tmp)  # contextlib.chdir needs Python 3.11; the project supports 3.10
     try:
-        cfg = compose_cfg(tmp, list(overrides))
+        cfg = compose_cfg(tmp, list(overrides), zoo=zoo)
         return cfg, {stage.__name__.rsplit(".", 1)[1]: stage.run(cfg) for stage in stages}
     finally:
         os.chdir(old)
 
 
-def compose_cfg(tmp: Path, overrides: list[str] = ()) -> DictConfig:
+def compose_cfg(tmp: Path, overrides: list[str] = (), zoo: bool = False) -> DictConfig:
+    """The real conf/ shrunk (TINY), its stores in tmp; without `zoo` no candidate sources (each would
+    need its own pretrain run), as a user's experiment without `sources:` has."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=[*TINY, *SYNTHETIC, *overrides])
     with open_dict(cfg):
+        if not zoo:
+            cfg.sources = {}
         cfg.paths.artifacts = str(tmp / "artifacts")
         cfg.paths.reports = str(tmp / "reports")
         cfg.tracking.uri = f"sqlite:///{tmp / 'mlflow.db'}"

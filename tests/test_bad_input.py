@@ -166,16 +166,16 @@ def test_checkpoint_shape_mismatch_names_the_layers(pipeline_run, tmp_path):
     import shutil
 
     shutil.copytree(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits", art)
-    ckpt = torch.load(art / "source" / "model.pt", weights_only=False)
+    ckpt = torch.load(art / "sources" / "source" / "model.pt", weights_only=False)
     other = architecture({"_target_": "pipeline.models.MLP", "hidden": [32, 16]}, 64, 10)
-    save_checkpoint(art / "source" / "model.pt", build(other), other, {k: v for k, v in ckpt.items() if k not in ("arch", "state_dict")})
+    save_checkpoint(art / "sources" / "source" / "model.pt", build(other), other, {k: v for k, v in ckpt.items() if k not in ("arch", "state_dict")})
     # param_transfer builds from the checkpoint's own architecture, so it always fits; a target model
     # configured differently and asked to load those weights does not.
     from pipeline.models import load_matching
 
     target = build(architecture(cfg.model, 64, 10))
     with pytest.raises(PipelineError) as err:
-        load_matching(target, torch.load(art / "source" / "model.pt", weights_only=False)["state_dict"], ["backbone"], "param_transfer")
+        load_matching(target, torch.load(art / "sources" / "source" / "model.pt", weights_only=False)["state_dict"], ["backbone"], "param_transfer")
     assert "backbone.blocks.0.linear.weight: checkpoint (32, 64) vs target (256, 64)" in str(err.value)
 
 

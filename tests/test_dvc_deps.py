@@ -107,8 +107,10 @@ def stages() -> list[tuple[str, dict]]:
             out.append((name, stage))
             continue
         over = param_node(params, re.fullmatch(r"\$\{(.+)\}", stage["foreach"]).group(1))
-        for key in over:
+        for key, item in over.items():
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for field, value in (item or {}).items() if isinstance(item, dict) else ():
+                text = text.replace("${item." + field + "}", str(value))  # foreach over a dict of dicts (sources)
             out.append((f"{name}@{key}", yaml.safe_load(text)))
     return out
 

@@ -50,6 +50,7 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     tiny = [
         *TINY,
         "~experiment@experiments.mnist_new_classes",
+        *(f"~candidates@sources.{c}" for c in ("raw_shallow", "raw_random", "mnist_uci_0to4", "mnist_uci_narrow")),  # one candidate left
         "transfer.seeds=[0]",
         "multitask.seeds=[0]",
         *(f"~experiment@multitask_experiments.{e}" for e in ("multimnist", "exam_schools", "star")),
@@ -65,6 +66,7 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     first = sh(str(BIN / "dvc"), "repro", cwd=repo)
     assert ran(first) == {
         *(f"{s}@mnist_to_digits" for s in ("prepare", "pretrain", "extract", "finetune", "report")),
+        "candidate@uci_random",
         *(f"{s}@synthetic_related" for s in ("mt_prepare", "multitask", "mt_report")),
     }
     assert "finetune mnist_to_digits param_transfer     k=3   seed=0 test/acc=" in first  # one line per run
@@ -73,6 +75,7 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     assert "multitask synthetic_related hard        mgda_ub      seed=0 test/score=" in first
     for f in (
         "mnist_to_digits.md",
+        "mnist_to_digits_sources.md",
         "figures/mnist_to_digits_label_efficiency.png",
         "synthetic_related.md",
         "figures/synthetic_related_per_task.png",

@@ -125,7 +125,8 @@ def test_mlflow_ui_shows_runs_params_datasets_and_the_source_model(pipeline_run,
     }
     for r in ft:
         tags, params = r["tags"], r["params"]
-        assert r["info"]["run_name"] == f"{tags['strategy']} k{tags['budget']} s{tags['seed']}"
+        at = f"@{tags['source']}" if "source" in tags else ""  # the linear probe on another view's features (knowledge.layers)
+        assert r["info"]["run_name"] == f"{tags['strategy']}{at} k{tags['budget']} s{tags['seed']}"
         assert {k: params[k] for k in ("strategy", "budget", "seed")} == {k: tags[k] for k in ("strategy", "budget", "seed")}
         ((ds, ds_tags),) = r["datasets"]
         assert (ds["name"], ds["digest"], ds_tags["mlflow.data.context"]) == ("mnist_to_digits/target", target_hash, "train")
@@ -134,7 +135,7 @@ def test_mlflow_ui_shows_runs_params_datasets_and_the_source_model(pipeline_run,
         assert (f"runs/{pretrain_id}" in tags.get("mlflow.note.content", "")) == uses_source
 
     # Extract reads the target set (as evaluation data) through the source model; report has its own run.
-    (ex,) = by_stage["extract"]
+    (ex,) = [r for r in by_stage["extract"] if r["tags"]["source"] == "source"]  # each view has its own run
     assert ex["info"]["run_name"] == "extract" and ex["models"] == [model_id]
     assert [(d["digest"], t["mlflow.data.context"]) for d, t in ex["datasets"]] == [(target_hash, "eval")]
     assert {r["info"]["run_name"] for r in by_stage["report"]} == {"report"}

@@ -36,8 +36,9 @@ def _fake_transfer_chain(cfg, root, linear=LINEAR) -> None:
         exp / "data" / "target" / "meta.json",
         {"tasks": [{"name": "digit", "kind": "classification", "classes": [str(i) for i in range(10)]}], "provenance": {"content_hash": "hash-t"}},
     )
-    write_json(exp / "source" / "summary.json", {"run_id": "src-run", "test": {"test/acc": 0.9}})
+    write_json(exp / "sources" / "source" / "summary.json", {"run_id": "src-run", "test": {"test/acc": 0.9}})
     write_json(exp / "knowledge" / "summary.json", {"zero_shot_acc": 0.3, "leep": -1.5})
+    write_json(exp / "knowledge" / "scores.json", [])
     for i, s in enumerate(STRATEGIES):
         d = digest({**run_params(cfg, s), "data_hash": "hash-t", "source_run_id": "src-run"})
         for k in (1, 3):
@@ -138,7 +139,7 @@ def test_transfer_report_warns_of_an_under_trained_source(make_cfg, tmp_path):
 
     cfg = make_cfg()
     _fake_transfer_chain(cfg, tmp_path)
-    summary = tmp_path / "artifacts" / "mnist_to_digits" / "source" / "summary.json"
+    summary = tmp_path / "artifacts" / "mnist_to_digits" / "sources" / "source" / "summary.json"
     report.run(cfg)
     assert "Under-trained source" not in (tmp_path / "reports" / "mnist_to_digits.md").read_text()
     write_json(summary, json.loads(summary.read_text()) | {"best_epoch": 39, "max_epochs": 40, "best_epoch_at_cap": True})

@@ -42,7 +42,7 @@ def chain(tmp: Path, pipeline_run, spec: str, stages: tuple[str, ...] = ("pretra
 
 
 def fixture_checkpoint(pipeline_run) -> dict:
-    return torch.load(pipeline_run["tmp"] / "artifacts" / EXP / "source" / "model.pt", weights_only=False)
+    return torch.load(pipeline_run["tmp"] / "artifacts" / EXP / "sources" / "source" / "model.pt", weights_only=False)
 
 
 def test_a_checkpoint_file_is_the_source_through_extract_and_fine_tuning(pipeline_run, tmp_path, monkeypatch):
@@ -55,7 +55,7 @@ def test_a_checkpoint_file_is_the_source_through_extract_and_fine_tuning(pipelin
     assert summary["loaded_from"] == f"data/{EXP}/mine.pt"
     # The same weights on the same source test split as the chain that trained them.
     assert summary["test"]["test/acc"] == pytest.approx(pipeline_run["pretrain"]["test"]["test/acc"], abs=1e-6)
-    kept = torch.load(tmp_path / "artifacts" / EXP / "source" / "model.pt", weights_only=True)
+    kept = torch.load(tmp_path / "artifacts" / EXP / "sources" / "source" / "model.pt", weights_only=True)
     assert all(torch.equal(kept["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
     mine = np.load(tmp_path / "artifacts" / EXP / "knowledge" / "features.npy")
     np.testing.assert_allclose(mine, np.load(pipeline_run["tmp"] / "artifacts" / EXP / "knowledge" / "features.npy"), rtol=1e-6)

@@ -30,7 +30,7 @@ def test_pretrain_checkpoint_and_run(pipeline_run):
     import torch
 
     cfg = pipeline_run["cfg"]
-    ckpt = torch.load(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "source" / "model.pt", weights_only=False)
+    ckpt = torch.load(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / "sources" / "source" / "model.pt", weights_only=False)
     assert ckpt["arch"]["backbone"]["hidden"] == list(cfg.model.hidden)
     assert ckpt["arch"]["backbone"]["input_dim"] == 64 and ckpt["arch"]["n_outputs"] == 10
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
@@ -72,7 +72,8 @@ def test_extract_features_probs_and_domain_gap(pipeline_run):
     from pipeline.knowledge.logme import LogME
 
     cfg = pipeline_run["cfg"]
-    records = json.loads((k / "scores.json").read_text())
+    # The own source's last features; its inner block is a candidate of its own (tests/test_sources.py).
+    records = [r for r in json.loads((k / "scores.json").read_text()) if r["candidate"] == "source"]
     assert {(r["score"], r["budget"], r["seed"]) for r in records} == {(s, b, seed) for s in cfg.knowledge.scores for b in (1, 3) for seed in (0, 1)}
     assert all(np.isfinite(r["value"]) for r in records)  # a 10-class source and target: every score applies
     tgt = TaskSet.load(k.parent / "data" / "target")

@@ -84,7 +84,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir() or shutil.which("pgrep") is None, reason="needs Linux /proc and pgrep")
 def test_a_killed_stage_takes_its_workers_with_it(pipeline_run, tmp_path):
-    for part in ("data", "source", "knowledge"):
+    for part in ("data", "sources", "knowledge"):
         shutil.copytree(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / part, tmp_path / "artifacts" / "mnist_to_digits" / part)
     long = ["transfer.max_epochs=100000", "transfer.patience=100000", "trainer.workers=2", "strategy=scratch", "transfer.seeds=[0,1]"]
     args = [*TINY, *long, f"paths.artifacts={tmp_path / 'artifacts'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]

@@ -146,6 +146,41 @@ def check_experiment(node: DictConfig, name: str, kind: str) -> None:
             raise PipelineError(f"experiment {name} ({path}): {where}.budgets must be a list of whole numbers >= 1 (labels per class), got {budgets}")
 
 
+@dataclass
+class CandidateConfig:
+    """One candidate source of a transfer experiment (top-level `sources:`): a model trained here by its
+    own DVC stage (`pretrain@<name>`) and scored by `extract` next to the experiment's own source."""
+
+    exp: str = MISSING  # the transfer experiment it is a candidate for
+    note: str = ""  # what it is, for the report
+    data: dict[str, Any] | None = None  # keys merged onto the experiment's `source` data (a `_target_` replaces it)
+    model: dict[str, Any] | None = None  # keys merged onto `model` (a `_target_` replaces it)
+    pretrained: bool = True  # false: the architecture at its seeded random initialisation (the floor)
+
+
+# The experiment's own source: a reserved candidate name (its model is `pretrain@<experiment>`'s).
+OWN_SOURCE = "source"
+
+
+def candidates(cfg: DictConfig, name: str) -> dict[str, CandidateConfig]:
+    """The candidate sources of transfer experiment `name`, checked: {candidate: its config}. A
+    misspelt key, a value of the wrong type or a name that is not a plain identifier is an error
+    naming `sources.<candidate>`."""
+    import re
+
+    out = {}
+    for cand, node in (cfg.get("sources") or {}).items():
+        where = f"sources.{cand}"
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(cand)) or cand == OWN_SOURCE:
+            raise PipelineError(f"{where}: a candidate's name is letters, digits and _ (it names a folder and a DVC stage), not {OWN_SOURCE!r}")
+        c = OmegaConf.to_object(_merge(CandidateConfig, node, where))
+        # A candidate of an experiment left out of the study is not this stage's business: its own
+        # stage (candidate@<name>, exp=<its exp>) stops with the unknown experiment named.
+        if c.exp == name:
+            out[str(cand)] = c
+    return out
+
+
 SCHEMAS = {"trainer": TrainerConfig, "pretrain": PretrainConfig, "transfer": TransferConfig, "multitask": MultitaskConfig}
 
 

@@ -28,10 +28,18 @@ class Layout:
 
     root: Path
     data = _output("data")
-    source = _output("source")
+    sources = _output("sources")  # one folder per candidate source: the experiment's own is `source`
     knowledge = _output("knowledge")
     finetune = _output("finetune")
     multitask = _output("multitask")
+
+    @property
+    def source(self) -> Path:
+        """The experiment's own source model (pretrain@<experiment>)."""
+        return self.sources / "source"
+
+    def candidate(self, name: str) -> Path:
+        return self.sources / name
 
 
 def experiment_kind(cfg: DictConfig) -> str:

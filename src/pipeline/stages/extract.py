@@ -58,7 +58,9 @@ def transferability(scores: dict, inputs: dict, y, kind: str, splits: dict, budg
                 record = {"score": name, "budget": int(k), "seed": int(seed)}
                 try:
                     if inputs.get(score.inputs) is None:
-                        raise NotApplicable(f"{name} reads the source's class probabilities; this source has no classes")
+                        raise NotApplicable(
+                            f"{name} reads the source's class probabilities; {candidate} gives none (an inner block, or a source without classes)"
+                        )
                     record["value"] = score(inputs[score.inputs][rows], y[rows], kind, where=f"candidate {candidate}, k={k}, seed {seed}")
                 except NotApplicable as exc:
                     record |= {"value": None, "reason": str(exc)}
@@ -77,15 +79,46 @@ def by_budget(records: list[dict]) -> dict[str, dict[int, float]]:
     return {s: {k: float(np.mean(v)) for k, v in per.items()} for s, per in out.items()}
 
 
+def views(net, name: str, layers: bool) -> list[tuple[str, int | None]]:
+    """(candidate name, depth) of what is scored from one network: its last features (depth None) and,
+    with `layers`, the output of each hidden block but the last (`<name>:block<i>`); a backbone without
+    `blocks` (a user's own module) gives its last features only."""
+    blocks = getattr(net.backbone, "blocks", None)
+    depths = range(1, len(blocks)) if layers and blocks is not None else []
+    return [(name, None), *((f"{name}:block{i}", i) for i in depths)]
+
+
+def outputs(net, x, depth: int | None, classification: bool):
+    """(features, class probabilities or regression outputs, or None at an inner depth) of `net` on every
+    row of x: one forward pass in chunks (a Lightning Trainer here cost more to import than the pass)."""
+    import torch
+
+    with torch.inference_mode():
+        chunks = torch.as_tensor(x).split(4096)
+        if depth is None:
+            feats = torch.cat([net.backbone(c) for c in chunks])
+            out = net.head(feats)
+            return feats.numpy(), (out.softmax(-1) if classification else out).numpy()
+        feats = []
+        for c in chunks:
+            h = c.flatten(1)
+            for block in net.backbone.blocks[:depth]:
+                h = block(h)
+            feats.append(h)
+        return torch.cat(feats).numpy(), None
+
+
 def run(cfg: DictConfig) -> dict:
-    from pipeline.config import settings
+    from pipeline.config import candidates, settings
 
     # User input first: a mistake in it is reported before torch and Lightning load.
     trainer_cfg, tcfg = settings(cfg, "trainer", "transfer")
     name, exp = experiment(cfg, "transfer")
+    zoo = candidates(cfg, name)
     from pipeline.errors import instantiate
 
     scores = {s: instantiate(node, f"knowledge.scores.{s}") for s, node in cfg.get("knowledge", {}).get("scores", {}).items()}
+    layers = bool(cfg.get("knowledge", {}).get("layers", False))
 
     from pipeline.tracking import check_store
 
@@ -96,6 +129,7 @@ def run(cfg: DictConfig) -> dict:
     import numpy as np
     import torch
 
+    from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.models import build, load_checkpoint
@@ -103,59 +137,82 @@ def run(cfg: DictConfig) -> dict:
 
     paths = layout(cfg, name)
     tgt = TaskSet.load(paths.data / "target")
-    ckpt = load_checkpoint(paths.source / "model.pt")
-    read_json(paths.source / "summary.json", "pretrain summary")
-    src_task = TaskSpec(**ckpt["task"])
-    net = build(ckpt["arch"])
-    net.load_state_dict(ckpt["state_dict"])
-    net.eval()
     if trainer_cfg.num_threads:
         torch.set_num_threads(int(trainer_cfg.num_threads))
-    # One forward pass in chunks: a Lightning Trainer here cost more to import than the pass itself.
-    with torch.inference_mode():
-        feats = torch.cat([net.backbone(chunk) for chunk in torch.as_tensor(tgt.x).split(4096)])
-        outputs = net.head(feats)
-    probs = (outputs.softmax(-1) if src_task.kind == "classification" else outputs).numpy()
-    feats = feats.numpy()
-
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
-    summary = {"source_run_id": ckpt["run_id"], "feature_dim": int(feats.shape[1]), "shared_label_space": False}
-    inputs = {"features": feats, "probs": probs if src_task.kind == "classification" else None}
+    tracker = Tracker(name, cfg.tracking.uri)
     from threadpoolctl import threadpool_limits
 
-    # BLAS's own threads on top of other processes' training oversubscribe the cores (the probe ran 20x slower).
-    with threadpool_limits(int(trainer_cfg.num_threads) if trainer_cfg.num_threads else None):
-        records = transferability(scores, inputs, y, task.kind, tgt.splits, exp.budgets, tcfg.seeds, tcfg.val_labels, "source")
-    summary["scores"] = by_budget(records)
-    summary["not_applicable"] = {r["score"]: r["reason"] for r in records if r["value"] is None}
-    summary["baseline_scores"] = [s for s, score in scores.items() if score.baseline]
-    if shares_task(src_task, task):
-        summary["shared_label_space"] = True
-        summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}
-    tracker = Tracker(name, cfg.tracking.uri)
-    with tracker.run(
-        "extract",
-        data_hash=tgt.data_hash,
-        params={"feature_dim": feats.shape[1]},
-        source_run_id=ckpt["run_id"],
-        source_model_id=ckpt.get("model_id"),
-        dataset=("target", tgt.provenance, "eval"),  # read through the source model, not trained on
-    ) as run_id:
-        tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in summary.items() if isinstance(v, float)})
-        now = int(time.time() * 1000)  # the label budget is the step: the UI draws each score over k
-        tracker.log_recorded(run_id, [(f"knowledge/{score}", v, int(k), now) for score, per in summary["scores"].items() for k, v in per.items()])
-        summary["run_id"] = run_id
-        with atomic_dir(paths.knowledge) as tmp:
-            np.save(tmp / "features.npy", feats.astype(np.float32))
-            np.save(tmp / "probs.npy", probs.astype(np.float32))
-            write_json(tmp / "summary.json", summary)
-            write_json(tmp / "scores.json", records)
-            tracker.log_artifact(run_id, tmp / "scores.json")
+    summary: dict = {}
+    records: list[dict] = []
+    arrays: dict[str, dict] = {}
+    for cand in [OWN_SOURCE, *zoo]:
+        folder = paths.source if cand == OWN_SOURCE else paths.candidate(cand)
+        ckpt = load_checkpoint(folder / "model.pt")
+        read_json(folder / "summary.json", "pretrain summary")
+        src_task = TaskSpec(**ckpt["task"])
+        net = build(ckpt["arch"])
+        net.load_state_dict(ckpt["state_dict"])
+        net.eval()
+        for view, depth in views(net, cand, layers):
+            feats, probs = outputs(net, tgt.x, depth, src_task.kind == "classification")
+            inputs = {"features": feats, "probs": probs if src_task.kind == "classification" else None}
+            # BLAS's own threads on top of other processes' training oversubscribe the cores (the probe ran 20x slower).
+            with threadpool_limits(int(trainer_cfg.num_threads) if trainer_cfg.num_threads else None):
+                found = transferability(scores, inputs, y, task.kind, tgt.splits, exp.budgets, tcfg.seeds, tcfg.val_labels, view)
+            records += [{"candidate": view, **r} for r in found]
+            part = {
+                "source_run_id": ckpt["run_id"],
+                "source_model_id": ckpt.get("model_id"),
+                "feature_dim": int(feats.shape[1]),
+                "depth": depth,
+                "model": cand,
+            }
+            part["scores"] = by_budget(found)
+            part["not_applicable"] = {r["score"]: r["reason"] for r in found if r["value"] is None}
+            if view == OWN_SOURCE:
+                summary |= {k: v for k, v in part.items() if k not in ("depth", "model", "source_model_id")} | {"shared_label_space": False}
+                summary["baseline_scores"] = [s for s, score in scores.items() if score.baseline]
+                if shares_task(src_task, task):
+                    summary["shared_label_space"] = True
+                    summary |= {f"zero_shot_{k}": v for k, v in zero_shot(src_task, task, probs, y, tgt.splits["test"]).items()}
+            with tracker.run(
+                "extract",
+                variant=None if view == OWN_SOURCE else view,
+                data_hash=tgt.data_hash,
+                params={"feature_dim": feats.shape[1], "depth": depth if depth is not None else "last"},
+                tags={"source": view},
+                source_run_id=ckpt["run_id"],
+                source_model_id=ckpt.get("model_id"),
+                dataset=("target", tgt.provenance, "eval"),  # read through the source model, not trained on
+            ) as run_id:
+                metrics = part if view != OWN_SOURCE else summary
+                tracker.log_metrics(run_id, {f"knowledge/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+                now = int(time.time() * 1000)  # the label budget is the step: the UI draws each score over k
+                tracker.log_recorded(
+                    run_id, [(f"knowledge/{score}", v, int(k), now) for score, per in part["scores"].items() for k, v in per.items()]
+                )
+            part["run_id"] = run_id
+            if view == OWN_SOURCE:
+                summary["run_id"] = run_id
+            arrays[view] = {"features": feats, "probs": probs}
+            summary.setdefault("candidates", {})[view] = part
+    with atomic_dir(paths.knowledge) as tmp:
+        own = arrays.pop(OWN_SOURCE)
+        np.save(tmp / "features.npy", own["features"].astype(np.float32))
+        np.save(tmp / "probs.npy", own["probs"].astype(np.float32))
+        for view, a in arrays.items():  # the candidates' features: fine-tuning's linear probe reads them
+            (tmp / "candidates" / view).mkdir(parents=True)
+            np.save(tmp / "candidates" / view / "features.npy", a["features"].astype(np.float32))
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "scores.json", records)
+        tracker.log_artifact(summary["run_id"], tmp / "scores.json")
     shown = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float))
-    print(f"extract {name}: {len(feats)} target samples -> {feats.shape[1]}-d source features{'; ' + shown if shown else ''}")
-    for score, per in summary["scores"].items():
-        print(f"extract {name}: {score:<17} " + "  ".join(f"k={k}: {v:.4f}" for k, v in per.items()) + " (mean over seeds)")
+    print(f"extract {name}: {len(tgt.x)} target samples -> {summary['feature_dim']}-d source features{'; ' + shown if shown else ''}")
+    for view, part in summary["candidates"].items():
+        for score, per in part["scores"].items():
+            print(f"extract {name}: {view:<24} {score:<17} " + "  ".join(f"k={k}: {v:.4f}" for k, v in per.items()) + " (mean over seeds)")
     for score, reason in summary["not_applicable"].items():
         print(f"extract {name}: {score:<17} not applicable: {reason}")
     return summary

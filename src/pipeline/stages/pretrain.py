@@ -40,6 +40,14 @@ def run(cfg: DictConfig) -> dict:
     # User input first: a mistake in it is reported before torch and Lightning load.
     trainer_cfg, pre = settings(cfg, "trainer", "pretrain")
     name, exp = experiment(cfg, "transfer")
+    cand_name = cfg.get("candidate")
+    cand = None
+    if cand_name is not None:
+        from pipeline.config import candidates
+        from pipeline.stages import pick
+
+        own = candidates(cfg, name)
+        cand = own[pick(cand_name, own, f"candidate source of experiment {name}")[0]]
     from pipeline.tracking import check_store
 
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
@@ -53,64 +61,128 @@ def run(cfg: DictConfig) -> dict:
 
     paths = layout(cfg, name)
     src = TaskSet.load(paths.data / "source")
-    task = src.tasks[0]
     seed = pre.seed
     tracker = Tracker(name, cfg.tracking.uri)
-    if exp.get("source_model"):
+    if exp.get("source_model") and cand is None:
         return adopt(str(exp.source_model), name, src, TaskSet.load(paths.data / "target"), tracker, paths)
-    arch = architecture(cfg.model, src.x.shape[1], task.n_outputs)
+    model_cfg, source_cfg = cfg.model, exp.source
+    if cand is not None:
+        model_cfg, source_cfg = overlay(cfg.model, cand.model), overlay(exp.source, cand.data)
+        if cand.data:  # its own source data, in the experiment's frame (the target was prepared in it)
+            from pipeline.data.build import build_taskset
+
+            src = build_taskset(source_cfg, exp.split, "source", f"candidate {cand_name} ({name})", frame=src)
+    task = src.tasks[0]
+    arch = architecture(model_cfg, src.x.shape[1], task.n_outputs)
     torch.manual_seed(seed)
     net = build(arch)
-    params = config_dict(cfg, "model", "pretrain", "optimizer") | {"source": exp.source}
-    with tracker.run("pretrain", seed=seed, data_hash=src.data_hash, params=params, dataset=("source", src.provenance)) as run_id:
+    from omegaconf import OmegaConf
+
+    params = {"model": OmegaConf.to_container(model_cfg, resolve=True), **config_dict(cfg, "pretrain", "optimizer"), "source": source_cfg}
+    label = f"pretrain {name}" + (f" candidate {cand_name}" if cand is not None else "")
+    tags = {"source": cand_name} if cand is not None else {"source": "source"}
+    variant = {"variant": cand_name} if cand is not None else {}
+    with tracker.run(
+        "pretrain", seed=seed, data_hash=src.data_hash, params=params, tags=tags, dataset=("source", src.provenance), **variant
+    ) as run_id:
         start = time.perf_counter()
-        module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
-        result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
-        tracker.log_recorded(run_id, result.logged)
+        if cand is not None and not cand.pretrained:
+            result = None  # the seeded initialisation itself: tested as it is
+        else:
+            module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
+            result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
+            tracker.log_recorded(run_id, result.logged)
         seconds = time.perf_counter() - start
-        at_cap = best_epoch_at_cap(result.best_epoch, pre.max_epochs, trainer_cfg.val_every_n_epochs)
-        tracker.log_metrics(run_id, {"fit/best_epoch": result.best_epoch, "fit/seconds": seconds, "fit/best_epoch_at_cap": float(at_cap)})
+        at_cap = result is not None and best_epoch_at_cap(result.best_epoch, pre.max_epochs, trainer_cfg.val_every_n_epochs)
+        test = result.test if result is not None else untrained_test(net, task, src)
+        tracker.log_metrics(
+            run_id,
+            {"fit/seconds": seconds, **test, **({"fit/best_epoch": result.best_epoch, "fit/best_epoch_at_cap": float(at_cap)} if result else {})},
+        )
         summary = {
             "run_id": run_id,
             "task": asdict(task),
             "data_hash": src.data_hash,
-            "test": result.test,
-            "best_epoch": result.best_epoch,
-            "epochs": result.epochs,
+            "test": test,
+            "best_epoch": result.best_epoch if result else None,
+            "epochs": result.epochs if result else 0,
             "max_epochs": int(pre.max_epochs),
             "best_epoch_at_cap": at_cap,
             "seconds": round(seconds, 2),
         }
-        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths)
+        if cand is not None:
+            summary["candidate"] = {"name": cand_name, "note": cand.note, "pretrained": cand.pretrained}
+        out = paths.candidate(cand_name) if cand is not None else paths.source
+        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, out, registered=f"{name}.{cand_name or 'source'}")
     metric = task.primary
     if at_cap:
         print(
-            f"warning: pretrain {name}: the source model's best epoch ({result.best_epoch}) was the last allowed"
+            f"warning: {label}: the source model's best epoch ({result.best_epoch}) was the last allowed"
             f" (pretrain.max_epochs={pre.max_epochs}): it may be under-trained; raise pretrain.max_epochs",
             file=sys.stderr,
         )
+    how = f"best epoch {result.best_epoch}" if result is not None else "untrained"
     print(
-        f"pretrain {name}: source test/{metric}={result.test[f'test/{metric}']:.4f} best epoch {result.best_epoch} {seconds:.1f}s run {run_id};"
-        f" registered as models:/{name}.source/{version}"
+        f"{label}: test/{metric}={test[f'test/{metric}']:.4f} {how} {seconds:.1f}s run {run_id};"
+        f" registered as models:/{name}.{cand_name or 'source'}/{version}"
     )
     return summary
 
 
-def publish(tracker, run_id: str, name: str, net, arch: dict, task, data_hash: str, summary: dict, paths, loaded_from: str | None = None) -> str:
+def run_candidates(cfg: DictConfig) -> dict:
+    """Every candidate source of `cfg.exp` in this process, as DVC's candidate@<name> stages do one each
+    (benchmarks, tests): {candidate: its summary}."""
+    from omegaconf import open_dict
+
+    from pipeline.config import candidates
+
+    out = {}
+    for name in candidates(cfg, cfg.exp):
+        one = cfg.copy()
+        with open_dict(one):
+            one.candidate = name
+        out[name] = run(one)
+    return out
+
+
+def overlay(base, keys):
+    """`keys` (a candidate's `model:` or `data:`) merged onto `base`; one with `_target_` replaces it."""
+    from omegaconf import OmegaConf
+
+    if not keys:
+        return base
+    return OmegaConf.create(keys) if "_target_" in keys else OmegaConf.merge(base, keys)
+
+
+def untrained_test(net, task, src) -> dict:
+    """An untrained network's metrics on the source test split (the random candidate's floor)."""
+    import torch
+
+    from pipeline.training import task_metrics
+
+    net.eval()
+    with torch.inference_mode():
+        x, y = (torch.as_tensor(a[src.splits["test"]]) for a in (src.x, src.y[:, 0]))
+        return {f"test/{k}": float(v) for k, v in task_metrics(task, net(x), y).items()}
+
+
+def publish(
+    tracker, run_id: str, name: str, net, arch: dict, task, data_hash: str, summary: dict, out, loaded_from: str | None = None, registered: str = ""
+) -> str:
     """The source as this experiment's output: an MLflow LoggedModel of `run_id` (which fine-tune runs
-    take as input), the checkpoint and `summary` written at once, and a new version of the registered
-    model `<name>.source`. Returns the version."""
+    take as input), the checkpoint and `summary` written at once into the folder `out`, and a new version
+    of the registered model `registered` (default `<name>.source`). Returns the version."""
     from pipeline.io import atomic_dir, write_json
     from pipeline.models import save_checkpoint
 
     origin = {"loaded_from": loaded_from} if loaded_from else {}
     model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": data_hash, "task": task.name, **origin})
     summary["model_id"] = model_id
-    with atomic_dir(paths.source) as tmp:
+    with atomic_dir(out) as tmp:
         save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": data_hash, **origin})
         write_json(tmp / "summary.json", summary)
-    tracker.model_ready(run_id, model_id, paths.source / "model.pt")
-    return tracker.register(f"{name}.source", model_id, run_id, {"data_hash": data_hash, "experiment": name, **origin})
+    tracker.model_ready(run_id, model_id, out / "model.pt")
+    return tracker.register(registered or f"{name}.source", model_id, run_id, {"data_hash": data_hash, "experiment": name, **origin})
 
 
 def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
@@ -152,7 +224,7 @@ def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
         tracker.log_metrics(run_id, test)
         summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": test, "loaded_from": spec}
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths, loaded_from=spec)
+        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths.source, loaded_from=spec)
     tested = ", ".join(f"{k}={v:.4f}" for k, v in test.items()) or "not tested (it predicts another task than the source data's)"
     print(f"pretrain {name}: source model loaded from {spec}, {tested}; run {run_id}; registered as models:/{name}.source/{version}")
     return summary

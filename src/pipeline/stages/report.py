@@ -48,16 +48,20 @@ def run(cfg: DictConfig) -> dict:
 
 
 def run_transfer(cfg: DictConfig) -> dict:
-    from pipeline.report import outputs, transfer
+    from pipeline.report import outputs, sources, transfer
+    from pipeline.stages import layout
     from pipeline.tracking import tracking_uri
 
     t = transfer.load(cfg)
     name, fig = t.name, f"figures/{t.name}_label_efficiency.png"
     metrics = transfer.dvc_metrics(t)
+    paths = layout(cfg, name)
+    zoo = sources.load(paths.knowledge, paths.finetune, paths.sources, name, t.task.primary, t.task.higher_is_better, t.exp.budgets)
     written = outputs.write(
         cfg.paths.reports,
         {
             f"{name}.md": transfer.render(t, fig, cfg.tracking.uri),
+            f"{name}_sources.md": sources.render(zoo),
             fig: transfer.figure(t),
             f"metrics/{name}": metrics_dir(metrics),
             f"plots/{name}.csv": transfer.dvc_plot(t),
@@ -66,7 +70,7 @@ def run_transfer(cfg: DictConfig) -> dict:
     outputs.log(
         cfg,
         name,
-        {k: written[k] for k in (f"{name}.md", fig)},
+        {k: written[k] for k in (f"{name}.md", f"{name}_sources.md", fig)},
         data_hash=t.data_hash,
         source_run_id=t.source["run_id"],
         params={"n_runs": t.n_runs, "n_stale": len(t.stale), "baseline": t.baseline},
