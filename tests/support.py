@@ -86,6 +86,23 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     return subprocess.run([str(BIN / "pipeline"), *args], cwd=cwd, capture_output=True, text=True, env=full_env)
 
 
+def sh(*cmd: str, cwd: Path) -> str:
+    """A command line tool (dvc, git, pipeline-params) as a user runs it: the project's bin/ on PATH, a
+    git identity, no MLFLOW_TRACKING_URI from the caller; its output, or a failed assert with it."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
 def copy_project(dst: Path) -> Path:
     """A copy of the tracked project files (what a fresh clone has), as a new git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from support import BIN, ROOT, TINY, copy_project
+from support import BIN, ROOT, TINY, copy_project, sh
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -20,21 +19,6 @@ def test_committed_params_yaml_matches_conf(tmp_path):
 
     fresh = compose_params(tmp_path / "params.yaml", conf_dir=ROOT / "conf")
     assert fresh.read_text() == (ROOT / "params.yaml").read_text(), "params.yaml is stale: run `make params`"
-
-
-def sh(*cmd: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
 
 
 def ran(log: str) -> set[str]:

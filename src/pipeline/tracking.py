@@ -34,12 +34,20 @@ PARAM_TAGS = ("strategy", "budget", "seed", "trial", "scheme", "weighting")
 PIPELINE_FILES = ("dvc.lock", "params.yaml")
 
 
+def store_root() -> Path:
+    """The folder a relative store path or artifact root is relative to: the DVC project's root when DVC
+    runs the stage (`DVC_ROOT`), else the working directory. DVC sets `DVC_ROOT` for every stage, and for
+    a queued or `--temp` experiment points it at the user's repository, not at the temporary copy under
+    `.dvc/tmp/exps/` the stage runs in (and which is deleted afterwards, with any store inside it)."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
 def tracking_uri(configured: str | None = None) -> str:
     """`MLFLOW_TRACKING_URI` (a server) wins; else the configured URI; else SQLite at the repo root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Relative SQLite paths would follow the working directory; pin them to where we run.
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        # Relative SQLite paths would follow the working directory; pin them to the project (`store_root`).
+        uri = "sqlite:///" + str((store_root() / uri[len("sqlite:///") :]).resolve())
     return uri
 
 
@@ -148,7 +156,9 @@ def launcher() -> dict[str, str]:
     """How this process was started, as tags: `dvc` (a `dvc repro` stage), `multirun` (a job of a Hydra
     `-m` sweep, with its job number), `cli` (one Hydra run) or `python` (a stage called directly)."""
     if os.environ.get("DVC_STAGE"):
-        return {"launcher": "dvc", "dvc_stage": os.environ["DVC_STAGE"]}
+        # `dvc exp run` names its experiment (`DVC_EXP_NAME`): the tag ties the run to `dvc exp show`'s row.
+        exp = {"dvc_exp": os.environ["DVC_EXP_NAME"]} if os.environ.get("DVC_EXP_NAME") else {}
+        return {"launcher": "dvc", "dvc_stage": os.environ["DVC_STAGE"], **exp}
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -223,7 +233,7 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:"):
                 # Keep artifacts beside the embedded store, not in whatever directory a stage ran from.
-                location = Path(artifact_root).resolve().joinpath(scenario).as_uri()
+                location = (store_root() / artifact_root).resolve().joinpath(scenario).as_uri()
             self.experiment_id = self.client.create_experiment(scenario, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
