@@ -6,41 +6,20 @@ source model as a LoggedModel of the pretrain run that the fine-tune and extract
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
-from support import BIN, ROOT
+from servers import mlflow_server
+from support import ROOT
 
 STRATEGIES = yaml.safe_load((ROOT / "params.yaml").read_text())["transfer"]["strategies"]  # the study's
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def mlflow_server(backend_uri: str, log: Path):
-    """A `mlflow server` on 127.0.0.1 over `backend_uri`, yielding `api(method, endpoint, body)` for its
-    REST API; stopped (its process group, which it started) at the end."""
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+def rest_api(base: str):
+    """`api(method, endpoint, body)`: the REST API of the server at `base`, as the UI calls it."""
 
     def api(method: str, endpoint: str, body: dict | None = None) -> dict:
         url = f"{base}/api/2.0/mlflow/{endpoint}"
@@ -53,28 +32,7 @@ def mlflow_server(backend_uri: str, log: Path):
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield api
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return api
 
 
 def _tags(obj: dict) -> dict[str, str]:
@@ -88,7 +46,8 @@ def test_mlflow_ui_shows_runs_params_datasets_and_the_source_model(pipeline_run,
     target_hash = json.loads((data / "target" / "meta.json").read_text())["provenance"]["content_hash"]
     pretrain_id, model_id = pipeline_run["pretrain"]["run_id"], pipeline_run["pretrain"]["model_id"]
 
-    with mlflow_server(cfg.tracking.uri, tmp_path / "server.log") as api:
+    with mlflow_server(cfg.tracking.uri, tmp_path) as base:
+        api = rest_api(base)
         exp = api("GET", "experiments/get-by-name", {"experiment_name": "mnist_to_digits"})["experiment"]
         runs = api("POST", "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
         # A run's model inputs come with the run itself (its page), not with the search (the runs table).

@@ -7,7 +7,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -18,13 +17,8 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import check_store
+from servers import free_port
 from support import BIN, ROOT, TINY, run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_sqlite_store_that_is_not_one_is_an_error_naming_it(tmp_path):

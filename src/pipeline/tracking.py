@@ -51,6 +51,11 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def ui_hint(uri: str) -> str:
+    """How a report tells its reader to browse the runs in `uri`: a server serves its own UI."""
+    return f"the tracking server {uri}" if uri.startswith(("http://", "https://")) else f"`mlflow ui --backend-store-uri {uri}`"
+
+
 def check_store(configured: str | None = None) -> str:
     """The tracking URI (`tracking_uri`), checked before a stage trains anything: a server that does
     not answer, a file that is not an MLflow SQLite store, or a store that cannot be written is an
@@ -60,6 +65,7 @@ def check_store(configured: str | None = None) -> str:
     uri = tracking_uri(configured)
     if uri.startswith(("http://", "https://")):
         import urllib.error
+        import urllib.parse
         import urllib.request
 
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -75,6 +81,19 @@ def check_store(configured: str | None = None) -> str:
             raise PipelineError(
                 f"tracking store {uri} does not answer ({reason}); start the server, or unset MLFLOW_TRACKING_URI to use tracking.uri"
             ) from None
+        # MLflow 3 answers /health whatever the Host header, but refuses its API to a host name missing
+        # from --allowed-hosts: ask the API too, or the stage would fail at its first run with a traceback.
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default", timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")[:200]
+            if exc.code == 403 and "Host header" in body:
+                host = urllib.parse.urlsplit(uri).netloc
+                msg = f"tracking store {uri} refuses the host name {host} ({body}): start the server with --allowed-hosts {host}"
+                raise PipelineError(msg) from None
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # answered /health a moment ago; MLflow's client reports whatever this is
     elif uri.startswith("sqlite:///"):
         import sqlite3
 
@@ -351,7 +370,19 @@ class Tracker:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered before, or by a concurrent run: fine
                 raise
         version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=dict(tags or {}), model_id=model_id)
+        self.link_version(model_id, name, int(version.version))
         return str(version.version)
+
+    def link_version(self, model_id: str, name: str, version: int) -> None:
+        """The `mlflow.modelVersions` tag by which the UI's logged-model page links to its registered
+        versions: a tracking server sets it when a version is created, the embedded store does not."""
+        import json
+
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+        links = json.loads(self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        if not any(link.get("name") == name and str(link.get("version")) == str(version) for link in links):
+            self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*links, {"name": name, "version": version}])})
 
     @contextmanager
     def run(self, stage: str, **kwargs: Any) -> Iterator[str]:

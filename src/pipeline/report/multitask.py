@@ -20,6 +20,7 @@ from pipeline.data import TaskSet
 from pipeline.errors import PipelineError
 from pipeline.report import baseline_first, fmt, fmt_interval, listing, spread
 from pipeline.report.delta_m import common_tasks, delta_m, interval, per_task, task_change_intervals, task_changes, verdict_basis, zero_baseline
+from pipeline.tracking import ui_hint
 
 
 def read_results(directory: str | Path) -> dict[str, dict]:
@@ -377,7 +378,7 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         "## Reproduce and inspect",
         "",
         f"`dvc repro` rebuilds this file; every row is a set of runs in the MLflow experiment `{t.name}`"
-        f" (`mlflow ui --backend-store-uri {mlflow_uri}`),"
+        f" ({ui_hint(mlflow_uri)}),"
         " named `<scheme>+<weighting> s<seed>`, with task weights and gradient cosines logged per epoch.",
         "",
     ]

@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
 from pipeline.report import baseline_first, fmt_interval, interval, listing, spread, tuning
 from pipeline.report.outputs import metric_key
+from pipeline.tracking import ui_hint
 
 # The zero-label source model's row (not a fine-tune run: the extract stage's zero-shot metrics).
 ZERO_SHOT = "source_no_labels"
@@ -321,7 +322,7 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "## Reproduce and inspect",
         "",
         f"`dvc repro` rebuilds this file from the pipeline; every number above is a fine-tune run in the MLflow experiment `{t.name}`"
-        f" (`mlflow ui --backend-store-uri {mlflow_uri}`), named `<strategy> k<k> s<seed>`"
+        f" ({ui_hint(mlflow_uri)}), named `<strategy> k<k> s<seed>`"
         + (f"; the `{ZERO_SHOT}` row is the `extract/source` run." if ZERO_SHOT in order else "."),
         "",
     ]

@@ -18,12 +18,15 @@ from pipeline.stages import hydra_entry
 
 def mlflow_ui(uri: str) -> str:
     """The command that opens the UI on `uri`, runnable as printed: `mlflow` when the shell finds this
-    environment's, else its path (a shell without the activated environment finds none, or another)."""
+    environment's, else its path (a shell without the activated environment finds none, or another).
+    A tracking server serves its own UI: its address."""
     import os
     import shutil
     import sys
     from pathlib import Path
 
+    if uri.startswith(("http://", "https://")):
+        return uri
     here = Path(sys.executable).parent / "mlflow"
     found = shutil.which("mlflow")
     exe = "mlflow" if found and Path(found).resolve() == here.resolve() else os.path.relpath(here) if here.is_relative_to(Path.cwd()) else str(here)
@@ -36,6 +39,14 @@ def metrics_dir(rows: dict) -> object:
     from pipeline.report.outputs import Directory
 
     return Directory({f"{row}.json": values for row, values in rows.items()})
+
+
+def shown_store(cfg: DictConfig) -> str:
+    """The store a report names: MLFLOW_TRACKING_URI when set (a server), else tracking.uri as written,
+    so that a committed report does not name the path of the clone it was made in."""
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
 
 
 def run(cfg: DictConfig) -> dict:
@@ -60,7 +71,7 @@ def run_transfer(cfg: DictConfig) -> dict:
     written = outputs.write(
         cfg.paths.reports,
         {
-            f"{name}.md": transfer.render(t, fig, cfg.tracking.uri),
+            f"{name}.md": transfer.render(t, fig, shown_store(cfg)),
             f"{name}_sources.md": sources.render(zoo),
             fig: transfer.figure(t),
             f"metrics/{name}": metrics_dir(metrics),
@@ -95,7 +106,7 @@ def run_multitask(cfg: DictConfig) -> dict:
     written = outputs.write(
         cfg.paths.reports,
         {
-            f"{name}.md": multitask.render(t, cfg.multitask.archs, weights_fig, results_fig, cfg.tracking.uri),
+            f"{name}.md": multitask.render(t, cfg.multitask.archs, weights_fig, results_fig, shown_store(cfg)),
             results_fig: results_plot,
             weights_fig: weights_plot,
             f"metrics/{name}": metrics_dir(metrics),
