@@ -92,7 +92,8 @@ def _with_target(cfg, **node):
     return cfg
 
 
-def test_bug_inside_an_adapter_keeps_its_type_and_traceback(make_cfg, tmp_path):
+def test_bug_inside_an_adapter_keeps_its_type_and_traceback(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_ALLOWED_TARGETS", __name__)  # a config may name this test module's functions
     src, tgt = wine_tables(tmp_path)
     cfg = _with_target(table_cfg(make_cfg, src, tgt), _target_=f"{__name__}.broken_adapter", path=str(tgt))
     with pytest.raises(ZeroDivisionError) as err:
@@ -253,3 +254,118 @@ def test_catalogue_of_table_and_budget_faults(make_cfg, tmp_path, fault, content
     cfg = table_cfg(make_cfg, src, target, budgets=budgets)
     assert_prepare_fails(cfg, *(f.format(target=target) for f in fragments))
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "reports").exists()
+
+
+# The catalogue of untrusted configs: a shared experiment file whose `_target_` would run code, or whose
+# names would put outputs outside artifacts/ and reports/. Each row writes the file into a copy of conf/,
+# runs `pipeline <stage>` on it, and expects exit status 2, one line naming the key and the value, no
+# marker file (what the code would have made) and nothing changed under artifacts/, reports/ or around
+# the project.
+def _experiment(f, **changes):
+    node = {
+        "source": {"_target_": "pipeline.data.tables.table", "path": str(f["src"]), "target": "cultivar"},
+        "target": {"_target_": "pipeline.data.tables.table", "path": str(f["tgt"]), "target": "cultivar"},
+        "split": {"val": 0.25, "test": 0.3, "seed": 0},
+        "budgets": [1],
+    }
+    return {**node, **changes}
+
+
+EVIL = ["+experiment@experiments.evil=evil", "exp=evil"]  # the file as an experiment of its own
+GLOBAL = ["+experiment=evil"]  # a file with `# @package _global_`: it may set any key
+TOUCH = "touch {marker}"
+ALLOWED = "a config may only instantiate from pipeline.data.*, pipeline.models.*"
+
+UNTRUSTED_CONFIGS = [
+    (
+        "os.system",
+        lambda f: (_experiment(f, source={"_target_": "os.system", "_args_": [TOUCH.format(**f)]}), EVIL),
+        ["error: config key experiments.evil.source._target_: _target_ 'os.system' lies outside the modules", ALLOWED],
+    ),
+    (
+        "subprocess.run nested in an adapter's argument",
+        lambda f: (
+            _experiment(f, target={**_experiment(f)["target"], "classes": {"_target_": "subprocess.run", "args": ["touch", f["marker"]]}}),
+            EVIL,
+        ),
+        ["config key experiments.evil.target.classes._target_: _target_ 'subprocess.run' lies outside"],
+    ),
+    (
+        "pandas.read_pickle of a pickle that runs code",
+        lambda f: (_experiment(f, source={"_target_": "pandas.read_pickle", "filepath_or_buffer": f["pickle"]}), EVIL),
+        ["config key experiments.evil.source._target_: _target_ 'pandas.read_pickle' lies outside"],
+    ),
+    (
+        "an allowed prefix reaching numpy.load through an import",
+        lambda f: (_experiment(f, source={"_target_": "pipeline.data.tables.np.load", "file": f["pickle"], "allow_pickle": True}), EVIL),
+        ["experiment evil source: config key _target_: _target_ 'pipeline.data.tables.np.load' resolves to an object of numpy"],
+    ),
+    (
+        "'..' in a target",
+        lambda f: (_experiment(f, source={"_target_": "pipeline.data..tables.table"}), EVIL),
+        ["config key experiments.evil.source._target_: _target_ 'pipeline.data..tables.table' is not a dotted path of Python names"],
+    ),
+    (
+        "builtins.eval as a partial, outside the experiment",
+        lambda f: ({"optimizer": {"_target_": "builtins.eval", "_partial_": True, "source": f"open('{f['marker']}', 'w')"}}, GLOBAL),
+        ["error: config key optimizer._target_: _target_ 'builtins.eval' lies outside"],
+    ),
+    (
+        "experiment named ../../x",
+        lambda f: ({"experiments": {"../../x": _experiment(f)}}, [*GLOBAL, "exp=../../x"]),
+        ["error: config key experiments: the name '../../x' cannot name a file or folder of the outputs"],
+    ),
+    (
+        "strategy named ../x",
+        lambda f: ({"transfer": {"strategies": {"../x": {"_target_": "pipeline.transfer.scratch.Scratch"}}}}, GLOBAL),
+        ["error: config key transfer.strategies: the name '../x' cannot name a file or folder of the outputs"],
+    ),
+    (
+        "task (label column) named ../../x",
+        lambda f: (_experiment(f, source={**_experiment(f)["source"], "path": f["slashed"], "target": "../../x"}), EVIL),
+        ["error: experiment evil source ({slashed}): task name '../../x' (a label column or group value) cannot name a file or folder"],
+    ),
+]
+
+
+def _tree(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("fault,make,fragments", UNTRUSTED_CONFIGS, ids=[c[0] for c in UNTRUSTED_CONFIGS])
+def test_catalogue_of_untrusted_configs(tmp_path, fault, make, fragments):
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    project, data = tmp_path / "project", tmp_path / "data"
+    data.mkdir()
+    src, tgt = wine_tables(data)
+    slashed = data / "slashed.csv"
+    slashed.write_text(src.read_text().replace("cultivar", "../../x", 1))
+    marker, pickle = tmp_path / "MARKER", data / "evil.pkl"
+    maker = (
+        "import os, pickle, sys\nclass E:\n    def __reduce__(self): return (os.system, (sys.argv[2],))\npickle.dump(E(), open(sys.argv[1], 'wb'))"
+    )
+    subprocess.run([sys.executable, "-c", maker, str(pickle), f"touch {marker}"], check=True)
+    shutil.copytree(ROOT / "conf", project / "conf")
+    for out in ("artifacts", "reports"):
+        (project / out / "earlier").mkdir(parents=True)
+        (project / out / "earlier" / "result.json").write_text("{}")
+    files = {k: str(v) for k, v in {"src": src, "tgt": tgt, "marker": marker, "pickle": pickle, "slashed": slashed}.items()}
+    node, args = make(files)
+    header = "# @package _global_\n" if args is GLOBAL or args[0] == GLOBAL[0] else ""
+    (project / "conf" / "experiment" / "evil.yaml").write_text(header + yaml.safe_dump(node))
+    before, around = _tree(project), sorted(p.name for p in tmp_path.iterdir())
+
+    res = run_cli("prepare", *args, cwd=project, env={"PIPELINE_CONF_DIR": str(project / "conf")})
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for fragment in fragments:
+        assert fragment.format(**files) in lines[0], lines[0]
+    assert not marker.exists(), "the config ran code"
+    assert _tree(project) == before, "artifacts/ or reports/ changed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == around, "something was written next to the project"

@@ -10,6 +10,8 @@ provides every value, so there is one place where a default lives.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,127 @@ def settings(cfg: DictConfig, *names: str) -> tuple:
         if name not in cfg:
             raise PipelineError(f"config node {name} is missing")
     return tuple(validate(cfg[name], name) for name in names)
+
+
+# Where a config's `_target_` may point: the project's registries (data adapters, models, transfer
+# strategies, multitask schemes and weightings, transferability scores) and torch's optimisers and
+# layers. Not the whole of torch (`torch.load` with `weights_only: false` unpickles), nor of
+# scikit-learn (`sklearn.utils._testing` runs Python source), nor the project's stages and file
+# writers. PIPELINE_ALLOWED_TARGETS (comma-separated prefixes) adds modules of one's own: it is set by
+# whoever runs the pipeline, never by a config file.
+ALLOWED_TARGETS = (
+    "pipeline.data.",
+    "pipeline.models.",
+    "pipeline.transfer.",
+    "pipeline.multitask.",
+    "pipeline.knowledge.",
+    "torch.optim.",
+    "torch.nn.",
+)
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def allowed_targets() -> tuple[str, ...]:
+    extra = [p.strip() for p in os.environ.get("PIPELINE_ALLOWED_TARGETS", "").split(",") if p.strip()]
+    return ALLOWED_TARGETS + tuple(p if p.endswith(".") else p + "." for p in extra)
+
+
+def _allowed(path: str) -> bool:
+    return any(path.startswith(prefix) for prefix in allowed_targets())
+
+
+def target_refusal(target: Any) -> str | None:
+    """Why `target` (a `_target_` value) may not be instantiated, or None. A string must be a dotted
+    path of identifiers, without dunder parts, under an allowed prefix; a class or function (set in
+    code) must be defined in an allowed module."""
+    if isinstance(target, str):
+        if not _DOTTED.fullmatch(target) or any(part.startswith("__") for part in target.split(".")):
+            return "is not a dotted path of Python names"
+        if not _allowed(target):
+            return "lies outside the modules a config may instantiate from"
+        return None
+    module = getattr(target, "__module__", None)
+    if not isinstance(module, str) or not callable(target) or not _allowed(f"{module}."):
+        return f"is {target!r}, defined outside the modules a config may instantiate from"
+    return None
+
+
+def defined_in_allowed_module(obj: Any) -> bool:
+    """Whether an object a `_target_` resolved to was defined where targets may point: a path under an
+    allowed prefix can still reach another module's function through an import (`pipeline.data.tables.pd.read_pickle`)."""
+    module = getattr(obj, "__module__", None)
+    return callable(obj) and isinstance(module, str) and _allowed(f"{module}.")
+
+
+def refused_target(key: str, target: Any, why: str) -> PipelineError:
+    prefixes = ", ".join(p + "*" for p in allowed_targets())
+    return PipelineError(
+        f"config key {key}: _target_ {target!r} {why}; a config may only instantiate from {prefixes}"
+        " (set PIPELINE_ALLOWED_TARGETS=<module prefix> to add a module of your own)"
+    )
+
+
+def targets(node: Any, where: str = "") -> list[tuple[str, Any]]:
+    """(key, value) of every `_target_` in `node`, a config or plain dicts and lists, at any depth."""
+    if OmegaConf.is_config(node):
+        try:
+            node = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+        except Exception:  # an interpolation that resolves only later (Hydra's own): judged unresolved
+            node = OmegaConf.to_container(node, resolve=False)
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{where}.{k}" if where else str(k)
+            found += [(key, v)] if k == "_target_" else targets(v, key)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            found += targets(v, f"{where}[{i}]")
+    return found
+
+
+def check_targets(node: Any, where: str = "") -> None:
+    """Every `_target_` in `node` (nested at any depth, `_partial_` ones included) under the allowed
+    prefixes: a shared experiment file cannot make the pipeline call `os.system`. Checked on the
+    strings alone, before anything is imported."""
+    for key, value in targets(node, where):
+        why = target_refusal(value)
+        if why:
+            raise refused_target(key, value, why)
+
+
+# Names that become file or folder names under artifacts/ and reports/ (`artifacts/<experiment>/finetune/<strategy>/`).
+NAMED_DICTS = ("experiments", "multitask_experiments", "transfer.strategies", "multitask.archs", "multitask.weightings")
+
+
+def name_refusal(name: Any) -> str | None:
+    """Why `name` cannot be a file or folder name inside the outputs, or None."""
+    text = str(name)
+    if text in ("", ".", "..") or any(c in text for c in "/\\\0"):
+        return "cannot name a file or folder of the outputs: a name must not contain '/' or '\\' nor be '.' or '..'"
+    return None
+
+
+def check_names(cfg: DictConfig) -> None:
+    """The names in the config that become output paths: experiments, strategies, schemes, weightings
+    and classic baselines. `../../x` as an experiment name would write artifacts/../../x."""
+    for dotted in NAMED_DICTS:
+        node = OmegaConf.select(cfg, dotted, default=None)
+        for name in node.keys() if OmegaConf.is_dict(node) else ():
+            why = name_refusal(name)
+            if why:
+                raise PipelineError(f"config key {dotted}: the name {str(name)!r} {why}")
+    classic = OmegaConf.select(cfg, "multitask.classic", default=None)
+    for name in classic if OmegaConf.is_list(classic) else ():
+        why = name_refusal(name)
+        if why:
+            raise PipelineError(f"config key multitask.classic: the name {str(name)!r} {why}")
+    exp = cfg.get("exp")
+    if exp is not None and name_refusal(exp):
+        raise PipelineError(f"config key exp: the experiment name {str(exp)!r} {name_refusal(exp)}")
+
+
+def check_untrusted(cfg: DictConfig) -> None:
+    """What a shared config could abuse, checked before a stage does anything: its `_target_`s and the
+    names that become output paths."""
+    check_targets(cfg)
+    check_names(cfg)

@@ -16,6 +16,33 @@ class PipelineError(Exception):
     """
 
 
+class Diverged(PipelineError):
+    """The training loss became NaN or infinite (a learning rate too large, mostly). Raised by the
+    training module at the end of the epoch where it happened, with `epoch` (from 1), `step` (the
+    first non-finite optimizer step, from 1), `loss` (its value), `logged` (the metrics recorded so
+    far, for the failed run's MLflow history) and `where` (which fit of a run: a phase, a fold); the
+    stage names the run."""
+
+    epoch: int = 0
+    step: int = 0
+    loss: float = float("nan")
+    logged: list | None = None
+    where: tuple[str, ...] = ()
+
+    @classmethod
+    def at(cls, epoch: int, step: int, loss: float) -> Diverged:
+        exc = cls()
+        exc.epoch, exc.step, exc.loss, exc.logged = epoch, step, loss, []
+        return exc
+
+    def describe(self) -> str:
+        where = "".join(f", {w}" for w in self.where)
+        return f"the training loss diverged at epoch {self.epoch} (step {self.step}{where}): loss {self.loss}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
 def did_you_mean(given: Any, valid: Any) -> str:
     """` (did you mean X?)` for the valid name closest to a misspelt one, else ``."""
     import difflib
@@ -38,9 +65,11 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     level = hydra_log.level
     hydra_log.setLevel(logging.CRITICAL)  # it logs its own three-line error before raising; ours is one line
     try:
-        obj = get_object(str(target))
-    except Exception as exc:  # Hydra raises several types for a path that does not resolve
-        raise PipelineError(f"{what}: _target_ {target!r} cannot be found ({exc.__class__.__name__})") from None
+        check_instantiable(cfg, what)  # first: resolving a path imports its module
+        try:
+            obj = get_object(str(target))
+        except Exception as exc:  # Hydra raises several types for a path that does not resolve
+            raise PipelineError(f"{what}: _target_ {target!r} cannot be found ({exc.__class__.__name__})") from None
     finally:
         hydra_log.setLevel(level)
     check_keys(obj, [str(k) for k in cfg.keys() if not str(k).startswith("_")] + list(kwargs), what)
@@ -58,6 +87,28 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
         return factory(**kwargs)
     except PipelineError as exc:
         raise PipelineError(f"{what}: {exc}") from exc.__cause__  # its own cause (a library's ValueError) kept
+
+
+def check_instantiable(cfg: Any, what: str) -> None:
+    """Every `_target_` of `cfg` (nested ones too) allowed by `pipeline.config.target_refusal`, and what each
+    resolves to defined in an allowed module, before anything is called: a config (or the architecture
+    saved in a stranger's checkpoint) cannot run `os.system`."""
+    from hydra.utils import get_object
+
+    from pipeline.config import defined_in_allowed_module, refused_target, target_refusal, targets
+
+    for key, value in targets(cfg):
+        why = target_refusal(value)
+        if why:
+            raise PipelineError(f"{what}: {refused_target(key, value, why)}")
+        if isinstance(value, str):
+            try:
+                obj = get_object(value)
+            except Exception:  # does not resolve: `instantiate` names it
+                continue
+            if not defined_in_allowed_module(obj):
+                module = getattr(obj, "__module__", None) or getattr(obj, "__name__", "?")
+                raise PipelineError(f"{what}: {refused_target(key, value, f'resolves to an object of {module}')}")
 
 
 def check_keys(target: Any, keys: list[str], what: str) -> None:

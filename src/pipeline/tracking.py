@@ -247,6 +247,7 @@ class Tracker:
         self.scenario = scenario
         self.client = MlflowClient(tracking_uri=self.uri)
         self.launcher = launcher()
+        self.failed: set[str] = set()  # runs marked failed (`fail`)
         exp = self.client.get_experiment_by_name(scenario)
         if exp is None:
             location = None
@@ -386,14 +387,23 @@ class Tracker:
 
     @contextmanager
     def run(self, stage: str, **kwargs: Any) -> Iterator[str]:
-        """`start` a run, yield its id, and end it FINISHED, or FAILED if the block raises (then re-raise)."""
+        """`start` a run, yield its id, and end it FINISHED, or FAILED if the block raises (then re-raise)
+        or marked it failed (`fail`)."""
         run_id = self.start(stage, **kwargs)
         try:
             yield run_id
         except BaseException:
             self.finish(run_id, "FAILED")
             raise
-        self.finish(run_id)
+        self.finish(run_id, "FAILED" if run_id in self.failed else "FINISHED")
+
+    def fail(self, run_id: str, message: str) -> None:
+        """Mark a run failed (it ends FAILED when its `run` block ends) and say why in its `failure` tag
+        and description: a run of a grid that failed while the grid goes on."""
+        self.failed.add(run_id)
+        self.client.set_tag(run_id, "failure", message[:5000])
+        note = self.client.get_run(run_id).data.tags.get("mlflow.note.content")
+        self.client.set_tag(run_id, "mlflow.note.content", f"**Failed:** {message}" + (f"\n\n{note}" if note else ""))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         import time

@@ -173,7 +173,7 @@ def test_load_results_reads_exactly_the_expected_runs(tmp_path):
         {"config_digest": "d-scratch", "strategy": "scratch", "budget": 9, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}},
     )
     write_json(tmp_path / "old" / "k1_seed0.json", {"strategy": "old", "budget": 1, "seed": 0, "run_id": "x", "test": {"test/acc": 0.0}})
-    df, stale = load_results(tmp_path, expected)
+    df, stale, _ = load_results(tmp_path, expected)
     assert len(df) == 4 and "loss" not in df.columns
     assert sorted(df["acc"]) == sorted(r[3] for r in ROWS[:4])
     assert sorted(stale) == ["A/k1_seed7.json", "old/k1_seed0.json", "scratch/k9_seed0.json"]

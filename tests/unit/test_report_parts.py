@@ -264,7 +264,7 @@ def test_conflict_is_measured_under_the_baselines_weighting_when_the_best_method
 def _transfer_grid(budgets=(1, 3, 10, 30)) -> transfer.TransferReport:
     strategies = ("scratch", "param_transfer", "structure_transfer", "linear")
     rows = [(s, k, seed, 0.3 + 0.01 * k + 0.02 * i + 0.001 * seed) for i, s in enumerate(strategies) for k in budgets for seed in (0, 1, 2)]
-    df = pd.DataFrame(rows, columns=["strategy", "budget", "seed", "acc"]).assign(run_id="r")
+    df = pd.DataFrame(rows, columns=["strategy", "budget", "seed", "acc"]).assign(run_id="r", f1=lambda d: d.acc)
     df = transfer.with_zero_shot(df, TaskSpec("digit", "classification", [str(i) for i in range(3)]), {"zero_shot_acc": 0.7})
     task = TaskSpec("digit", "classification", [str(i) for i in range(3)])
     return transfer.TransferReport("fake", None, task, "h", {"run_id": "s", "test": {}}, {}, "scratch", df, [], ("linear", transfer.ZERO_SHOT))
@@ -464,3 +464,29 @@ def test_transfer_intervals_stay_within_what_the_metric_can_be():
     assert (acc.lo, acc.hi) == (0.0, 1.0) and acc["mean"] == pytest.approx(0.575)
     rmse = transfer.summarise(df, "rmse", higher_is_better=False).iloc[0]
     assert rmse.lo == 0.0 and rmse.hi > 3.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Failed runs: listed, never averaged in, and a gain that lacks a seed says so (issue 14)
+
+
+def test_a_failed_baseline_seed_is_left_unpaired_and_said():
+    from omegaconf import OmegaConf
+
+    task = TaskSpec("digit", "classification", [str(i) for i in range(3)])
+    acc = {("scratch", 0): 0.50, ("scratch", 1): 0.52, ("scratch", 2): 0.54}
+    rows = [(s, 10, seed, acc.get((s, seed), 0.6 + 0.01 * seed)) for s in ("scratch", "param_transfer") for seed in (0, 1, 2)]
+    rows = [r for r in rows if (r[0], r[2]) != ("scratch", 0)]  # scratch's seed-0 run failed
+    df = pd.DataFrame(rows, columns=["strategy", "budget", "seed", "acc"]).assign(run_id="r", f1=lambda d: d.acc)
+    failed = [
+        {"strategy": "scratch", "budget": 10, "seed": 0, "trial": 0, "run_id": "f0", "why": "finetune x scratch k=10 seed=0: diverged", "lost": True}
+    ]
+    exp = OmegaConf.create({"source": {"_target_": "pipeline.data.digits.mnist_sample"}, "target": {"_target_": "pipeline.data.digits.uci_digits"}})
+    t = transfer.TransferReport("fake", exp, task, "h", {"run_id": "s", "test": {}}, {}, "scratch", df, [], failed=failed)
+    stats = t.stats.set_index(["strategy", "budget"])
+    # paired over seeds 1 and 2 only (+0.09, +0.08), never seed 0's 0.60 against another seed's baseline
+    assert stats.loc[("param_transfer", 10), "paired"] == 2 and stats.loc[("param_transfer", 10), "gain"] == pytest.approx(0.085)
+    md = transfer.render(t, "f.png", "sqlite:///x.db")
+    assert "| scratch | 0.530 [0.403, 0.657] † 2 of 3 seeds, seeds [0] failed |" in md
+    assert re.search(r"\| param_transfer \| \+0\.085 \[[^]]+\] \(2/2\)[^|]* † seeds \[0\] unpaired \(a run failed\) \|", md), md
+    assert "| scratch | 10 | 0 | t0 | no result at this seed | diverged | `f0` |" in md

@@ -36,6 +36,7 @@ def build_taskset(data_cfg: Any, split_cfg: Any, role: str, what: str | None = N
             f"{what}: a transfer {role} has one task; data {data_cfg.get('_target_')!r} gives {len(names)} {names} (use a multitask experiment)"
         )
     where = f"{what} ({src.provenance['file']})" if "file" in src.provenance else what
+    check_task_names(src.tasks, where)
     if src.splits is not None:
         splits = {s: np.sort(np.asarray(src.splits[s], dtype=np.int64)) for s in SPLITS}
         extra = {"splits": "predefined"}
@@ -116,6 +117,17 @@ def match_columns(x: np.ndarray, names: list[str] | None, source: TaskSet, where
         fix = "; list the shared ones as the target's `features:`" if extra and not missing else ""
         raise PipelineError(f"{where}: {' and '.join(parts)} (feature columns are matched by name){fix}")
     return x[:, [names.index(c) for c in source_names]]
+
+
+def check_task_names(tasks: list[TaskSpec], where: str) -> None:
+    """Task names (label columns, a long table's group values) become metric names, `test/<task>/acc`,
+    which MLflow may store as paths and the reports split on '/'."""
+    from pipeline.config import name_refusal
+
+    for task in tasks:
+        why = name_refusal(task.name)
+        if why:
+            raise PipelineError(f"{where}: task name {task.name!r} (a label column or group value) {why}")
 
 
 def check_labels(y: np.ndarray, tasks: list[TaskSpec], splits: dict[str, np.ndarray], where: str) -> None:

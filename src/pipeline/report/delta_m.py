@@ -100,11 +100,13 @@ def _relative_pooled(values: np.ndarray, base: np.ndarray, specs: Sequence[TaskS
     return 100.0 * change / total if all(theirs[h][0] != 0 for h in ours) else float("nan")
 
 
-def delta_m(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str, rows: Mapping[str, int] | None = None) -> pd.DataFrame:
+def delta_m(
+    df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str, rows: Mapping[str, int] | None = None, unpaired: Sequence[int] = ()
+) -> pd.DataFrame:
     """Δm per method and seed over `common_tasks`, paired with the baseline at the same seed (classic
     baselines are deterministic and compared with each baseline seed): `delta_m` the per-task mean
     (without `zero_baseline` tasks) and, given each task's labelled test rows `rows`, `delta_m_rows`
-    over test rows."""
+    over test rows. `unpaired`: seeds whose baseline run failed; a method's run at one has no Δm."""
     used, _ = common_tasks(df, tasks, baseline)
     zero = set(zero_baseline(df, tasks, baseline, used))
     spec = {t.name: t for t in tasks}
@@ -119,6 +121,8 @@ def delta_m(df: pd.DataFrame, tasks: Sequence[TaskSpec], baseline: str, rows: Ma
     out = []
     for (method, seed), g in prim.groupby(["method", "seed"]):
         if not g.classic.iloc[0] and seed not in base_seeds:
+            if seed in unpaired:
+                continue
             raise PipelineError(f"multitask.baseline={baseline!r} has no run at seed {seed}, which {method} has; Δm pairs them by seed")
         specs = [spec[t] for t in g.task]
         values, ratio = g.value.to_numpy(dtype=float), ~g.task.isin(zero).to_numpy()

@@ -8,7 +8,7 @@ each with the config digest it would have now.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -44,12 +44,15 @@ def expected_records(cfg: DictConfig, exp: DictConfig, ts: TaskSet) -> dict[tupl
     return {(s, w, int(seed)): digest({**run_params(cfg, s, w), "data_hash": ts.data_hash}) for s, w in pairs for seed in seeds}
 
 
-def current_records(records: dict[str, dict], expected: dict[tuple[str, str, int], str], classic: dict[str, str]) -> tuple[list[dict], list[str]]:
-    """The records of the current configuration, and the files of all others (stale or not selected).
+def current_records(
+    records: dict[str, dict], expected: dict[tuple[str, str, int], str], classic: dict[str, str]
+) -> tuple[list[dict], list[str], list[dict]]:
+    """The records of the current configuration that finished, the files of all others (stale or not
+    selected), and the failed runs of the current ones (`failed_runs`).
 
     expected: neural runs as from `expected_records`; classic: baseline name -> its current digest.
-    A missing expected neural run is a PipelineError naming it."""
-    current, stale, found = [], [], set()
+    A missing expected neural run is a PipelineError naming it; a failed one is not missing."""
+    current, stale, failed, found = [], [], [], set()
     for path, r in records.items():
         if r.get("classic"):
             ok = classic.get(r["scheme"]) == r.get("config_digest")
@@ -58,17 +61,28 @@ def current_records(records: dict[str, dict], expected: dict[tuple[str, str, int
             ok = expected.get(key) == r.get("config_digest")
             if ok:
                 found.add(key)
-        if ok:
-            current.append(r)
-        else:
+        if not ok:
             stale.append(path)
+            continue
+        failed += failed_runs(r)
+        if not r.get("failed"):
+            current.append(r)
     missing = sorted(set(expected) - found)
     if missing:
         raise PipelineError(
             f"no multitask result of the current configuration for {listing(f'{s}+{w}/seed{seed}.json' for s, w, seed in missing)}"
             f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the multitask stage"
         )
-    return current, stale
+    return current, stale, failed
+
+
+def failed_runs(record: dict) -> list[dict]:
+    """The failed MLflow runs behind one result record (its failed coupling candidates, or itself), each
+    with whether the method lost this seed (`lost`) or another candidate was chosen."""
+    lost = bool(record.get("failed"))
+    runs = record.get("failed_candidates") or ([{"run_id": record.get("run_id"), "failed": record["failed"]}] if lost else [])
+    method = f"{record['scheme']}+{record['weighting']}"
+    return [{"method": method, "seed": int(record["seed"]), "run_id": f.get("run_id"), "why": f["failed"], "lost": lost} for f in runs]
 
 
 def table(records: list[dict]) -> pd.DataFrame:
@@ -136,6 +150,16 @@ class MultitaskReport:
     records: list[dict]
     stale: list[str]
     skipped: dict[str, str]  # classic baseline -> why it has no result
+    failed: list[dict] = field(default_factory=list)  # failed runs of the current configuration (`failed_runs`)
+
+    @property
+    def lost(self) -> dict[str, list[int]]:
+        """method -> the seeds with no result because its run failed."""
+        out: dict = {}
+        for f in self.failed:
+            if f["lost"]:
+                out.setdefault(f["method"], set()).add(f["seed"])
+        return {m: sorted(v) for m, v in out.items()}
 
     @cached_property
     def df(self) -> pd.DataFrame:
@@ -153,7 +177,7 @@ class MultitaskReport:
     @cached_property
     def dm(self) -> pd.DataFrame:
         """Both Δm per method and seed, and `delta_m_verdict`: the one the verdict rests on (`basis`)."""
-        dm = delta_m(self.df, self.ts.tasks, self.baseline, self.rows)
+        dm = delta_m(self.df, self.ts.tasks, self.baseline, self.rows, unpaired=self.lost.get(self.baseline, ()))
         return dm.assign(delta_m_verdict=dm[self.basis[0]])
 
     @cached_property
@@ -208,12 +232,15 @@ def load(cfg: DictConfig) -> MultitaskReport:
     # Classic baselines run only when no scheme or weighting is selected (as in the stage).
     names = list(cfg.multitask.classic) if cfg.get("scheme") is None and cfg.get("weighting") is None else []
     classic = {c: digest({"classic": c, "data_hash": ts.data_hash}) for c in names}
-    current, stale = current_records(records, expected_records(cfg, exp, ts), classic)
+    current, stale, failed = current_records(records, expected_records(cfg, exp, ts), classic)
     present = {r["scheme"] for r in current if r.get("classic")}
     skipped.update({c: "no result written and no reason recorded by the multitask stage" for c in names if c not in present and c not in skipped})
     if baseline not in {f"{r['scheme']}+{r['weighting']}" for r in current}:
+        if any(f["method"] == baseline for f in failed):
+            first = next(f["why"] for f in failed if f["method"] == baseline)
+            raise PipelineError(f"multitask.baseline={baseline!r}: every run of it failed, so Δm has nothing to pair with: {first}")
         raise PipelineError(f"multitask.baseline={baseline!r}: no results of it among the current runs in {paths.multitask}; Δm needs it")
-    return MultitaskReport(name, exp, ts, baseline, current, stale, skipped)
+    return MultitaskReport(name, exp, ts, baseline, current, stale, skipped, failed)
 
 
 def dm_verdict(lo: float, hi: float) -> str:
@@ -256,8 +283,11 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         f"- {len(t.records)} result records of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else ".")
     )
+    if t.failed:
+        lines.append(f"- ⚠ {len(t.failed)} runs failed and are left out of Δm and every table: see [Failed runs](#failed-runs).")
     if t.skipped:
         lines.append("- Classic baselines without a result: " + "; ".join(f"`{c}`: {why}" for c, why in sorted(t.skipped.items())) + ".")
+    lines += failed_section(t)
     verdict_header = {k: f"{v} (%)" + (" ← verdict" if k == t.basis[0] else "") for k, v in _BASIS.items()}
     lines += [
         "",
@@ -274,10 +304,16 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         g = dm[dm.method == method]
         lo, hi = ci.lo[method], ci.hi[method]
         said = "–" if method == baseline else f"{fmt_interval(mean_dm[method], lo, hi, 2, signed=True)} {dm_verdict(lo, hi)}"
+        # A seed whose run failed, the method's or the baseline's, has no pair: said, not paired with another seed.
+        unpaired = sorted(set(t.lost.get(method, [])) | set(t.lost.get(baseline, [])))
+        short = f" † seeds {unpaired} unpaired (a run failed)" if unpaired and method != baseline else ""
+        won = "–" if method == baseline else f"{int((g.delta_m_verdict > 0).sum())}/{len(g)}{short}"
         lines.append(
             f"| {method} | {fmt(g.delta_m_rows.mean(), spread(g.delta_m_rows), 2)} | {fmt(g.delta_m.mean(), spread(g.delta_m), 2)} | {said} | "
-            f"{'–' if method == baseline else f'{int((g.delta_m_verdict > 0).sum())}/{len(g)}'} | {int(worse.get(method, 0))}/{len(ts.tasks)} |"
+            f"{won} | {int(worse.get(method, 0))}/{len(ts.tasks)} |"
         )
+    for method in sorted(set(t.lost) - set(mean_dm.index)):
+        lines.append(f"| {method} | failed (seeds {t.lost[method]}) | – | – | – | – |")
     classic_dm = t.classic_dm
     neural = mean_dm.drop([baseline, *classic_dm], errors="ignore")
     lines += ["", "## Findings", ""]
@@ -383,6 +419,27 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
         "",
     ]
     return "\n".join(lines)
+
+
+def failed_section(t: MultitaskReport) -> list[str]:
+    """Markdown lines: the failed runs, each with what became of its method's seed and why it failed."""
+    if not t.failed:
+        return []
+    lines = [
+        "",
+        "## Failed runs",
+        "",
+        f"{len(t.failed)} runs failed; each MLflow run ended FAILED with the reason in its `failure` tag. A failed run is"
+        " never scored: its seed is left out of its method's Δm and tables, and Δm pairs a method with the baseline only at"
+        " seeds where both runs finished (a failed coupling candidate is not chosen).",
+        "",
+        "| method | seed | the result | why | MLflow run |",
+        "|---|---|---|---|---|",
+    ]
+    for f in sorted(t.failed, key=lambda f: (f["method"], f["seed"])):
+        result = "no result at this seed" if f["lost"] else "another candidate chosen"
+        lines.append(f"| {f['method']} | {f['seed']} | {result} | {f['why'].split(': ', 1)[-1]} | `{f['run_id']}` |")
+    return lines
 
 
 _BASIS = {"delta_m_rows": "Δm over test rows", "delta_m": "Δm per-task mean"}

@@ -41,8 +41,11 @@ def write(reports: str | Path, files: Mapping[str, Any]) -> dict[str, Path]:
     from pipeline.io import umask
 
     reports = Path(reports)
-    reports.mkdir(parents=True, exist_ok=True)
     targets = {rel: reports / rel for rel in files}
+    for rel in files:  # names in these paths come from the config (checked there too)
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise PipelineError(f"report output {rel!r} would lie outside {reports}")
+    reports.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".report.", dir=reports))
     mode = 0o666 & ~umask()
     try:

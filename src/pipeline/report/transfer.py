@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -47,21 +47,26 @@ def expected_runs(cfg: DictConfig, exp: DictConfig, data_hash: str, source_run_i
     return {(s, int(b), int(seed)): d for s, d in digests.items() for b in budgets for seed in seeds}
 
 
-def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], str]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per expected fine-tune run (strategy, budget, seed, run_id, every test metric), and the
-    result files ignored: other strategies, budgets or seeds, or a config digest that is not the current one.
+def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], str]) -> tuple[pd.DataFrame, list[str], list[dict]]:
+    """One row per expected fine-tune run that finished (strategy, budget, seed, run_id, every test
+    metric); the result files ignored: other strategies, budgets or seeds, or a config digest that is not
+    the current one; and the failed runs of the current ones (`failed_runs`).
 
-    A missing expected run is a PipelineError naming it."""
+    A missing expected run is a PipelineError naming it; a failed one is not missing."""
     finetune_dir = Path(finetune_dir)
     files = sorted(finetune_dir.glob("*/*.json"))
     if not files:
         raise PipelineError(f"missing upstream output {finetune_dir}: no fine-tune results; run the finetune stage first")
-    rows, stale = [], []
+    rows, stale, failed, lost = [], [], [], set()
     for f in files:
         r = json.loads(f.read_text())
         key = (r.get("strategy"), r.get("budget"), r.get("seed"))
         if key not in expected or r.get("config_digest") != expected[key]:
             stale.append(str(f.relative_to(finetune_dir)))
+            continue
+        failed += failed_runs(r)
+        if r.get("failed"):
+            lost.add(key)
             continue
         rows.append(
             {
@@ -74,7 +79,7 @@ def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], 
                 **{k.split("/", 1)[1]: v for k, v in r["test"].items() if k != "test/loss"},
             }
         )
-    missing = sorted(set(expected) - {(r["strategy"], r["budget"], r["seed"]) for r in rows})
+    missing = sorted(set(expected) - {(r["strategy"], r["budget"], r["seed"]) for r in rows} - lost)
     if missing:
         names = ", ".join(f"{s}/k{b}_seed{seed}.json" for s, b, seed in missing[:10]) + (
             f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -83,7 +88,28 @@ def load_results(finetune_dir: str | Path, expected: dict[tuple[str, int, int], 
             f"{finetune_dir}: no result of the current configuration for {names}"
             f"{f' ({len(stale)} stale result files ignored)' if stale else ''}; run the finetune stage"
         )
-    return pd.DataFrame(rows), stale
+    return pd.DataFrame(rows), stale, failed
+
+
+def failed_runs(record: Mapping) -> list[dict]:
+    """The failed MLflow runs behind one result record: its failed trials (every trial, when the record
+    itself failed), each with what became of the cell: `lost` (no result at this seed) or the trial chosen instead."""
+    trials = record.get("trials") or ([{"trial": 0, "run_id": record.get("run_id"), "failed": record["failed"]}] if record.get("failed") else [])
+    lost = bool(record.get("failed"))
+    return [
+        {
+            "strategy": record["strategy"],
+            "budget": int(record["budget"]),
+            "seed": int(record["seed"]),
+            "trial": int(t.get("trial", 0)),
+            "run_id": t.get("run_id"),
+            "why": t["failed"],
+            "lost": lost,
+            "chosen": None if lost else record.get("trial"),
+        }
+        for t in trials
+        if t.get("failed")
+    ]
 
 
 def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher_is_better: bool = True) -> pd.DataFrame:
@@ -97,6 +123,8 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
     ("no detectable difference") where it contains zero. `wins` counts seeds where the strategy won.
     """
     sign = 1.0 if higher_is_better else -1.0
+    if df.empty:
+        return pd.DataFrame(columns=["strategy", "budget", "mean", "std", "n", "lo", "hi"])
     df = df.dropna(subset=[metric])  # a sanity row may lack a secondary metric
     groups = df.groupby(["strategy", "budget"])[metric]
     stats = groups.agg(mean="mean", std=spread, n="count")
@@ -105,9 +133,11 @@ def summarise(df: pd.DataFrame, metric: str, baseline: str | None = None, higher
     stats[["lo", "hi"]] = _intervals(groups).clip(lower=low, upper=high)
     if baseline is not None and baseline in set(df["strategy"]):
         base = df[df.strategy == baseline].set_index(["budget", "seed"])[metric]
-        paired = df.join(base.rename("base"), on=["budget", "seed"])
+        # Paired where both runs of a seed finished: a seed whose run failed on either side has no pair.
+        paired = df.join(base.rename("base"), on=["budget", "seed"]).dropna(subset=["base"])
         paired["gain"] = sign * (paired[metric] - paired["base"])
         g = paired.groupby(["strategy", "budget"])["gain"]
+        stats["paired"] = g.count()
         stats["gain"] = g.mean()
         stats["gain_std"] = g.agg(spread)
         stats[["gain_lo", "gain_hi"]] = _intervals(g)
@@ -142,6 +172,16 @@ class TransferReport:
     stale: list[str]
     sanity: tuple[str, ...] = ()  # rows that are not network strategies: the linear baseline, the zero-label source model
     tuning: dict | None = None  # transfer.tuning (read when the records hold several trials)
+    failed: list[dict] = field(default_factory=list)  # failed runs of the current configuration (`failed_runs`)
+
+    @property
+    def lost(self) -> dict[tuple[str, int], list[int]]:
+        """(strategy, budget) -> the seeds with no result because its run failed."""
+        out: dict = {}
+        for f in self.failed:
+            if f["lost"] and f["seed"] not in out.get((f["strategy"], f["budget"]), []):
+                out.setdefault((f["strategy"], f["budget"]), []).append(f["seed"])
+        return {k: sorted(v) for k, v in out.items()}
 
     @property
     def unit(self) -> str:
@@ -181,8 +221,11 @@ def load(cfg: DictConfig) -> TransferReport:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     meta = read_json(paths.data / "target" / "meta.json", "prepared target task set")
     task, data_hash = TaskSpec(**meta["tasks"][0]), meta["provenance"]["content_hash"]
-    df, stale = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"]))
-    if baseline not in set(df.strategy):
+    df, stale, failed = load_results(paths.finetune, expected_runs(cfg, exp, data_hash, source["run_id"]))
+    if df.empty or baseline not in set(df.strategy):
+        if any(f["strategy"] == baseline for f in failed):
+            first = next(f["why"] for f in failed if f["strategy"] == baseline)
+            raise PipelineError(f"transfer.baseline={baseline!r}: every run of it failed, so no gain can be paired with it: {first}")
         raise PipelineError(f"transfer.baseline={baseline!r}: no runs of it selected (strategy={cfg.get('strategy')!r}); the gains need them")
     df = with_zero_shot(df, task, knowledge)
     from omegaconf import OmegaConf
@@ -191,7 +234,7 @@ def load(cfg: DictConfig) -> TransferReport:
 
     sanity = (LINEAR, LINEAR_FEATURES, ZERO_SHOT)
     tuned = {**OmegaConf.to_container(cfg.transfer.tuning), "mirrored": mirrors(cfg.transfer)}
-    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, sanity, tuned)
+    return TransferReport(name, exp, task, data_hash, source, knowledge, baseline, df, stale, sanity, tuned, failed)
 
 
 def with_zero_shot(df: pd.DataFrame, task: TaskSpec, knowledge: dict) -> pd.DataFrame:
@@ -254,6 +297,8 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         f"- {t.n_runs} fine-tune runs of the current configuration"
         + (f"; {len(t.stale)} result files of other configurations or runs ignored (stale): {listing(t.stale)}." if t.stale else ".")
     )
+    if t.failed:
+        lines.append(f"- ⚠ {len(t.failed)} runs failed and are left out of every mean and gain: see [Failed runs](#failed-runs).")
     linear = [s for s in t.sanity if s in order and s != ZERO_SHOT]
     if linear:
         model = "ridge regression" if task.kind == "regression" else "logistic regression"
@@ -264,20 +309,36 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
             + (f"; `{ZERO_SHOT}` is the source model with no target labels (the same value at every k)." if ZERO_SHOT in order else ".")
         )
     networks = t.networks
+    lost = t.lost
+    gone = [s for s in dict.fromkeys(s for s, _ in lost) if s not in order]  # every run of it failed
+    shown = networks + gone + [s for s in order if s not in networks]
+    lines += failed_section(t)
     cell = {(r.strategy, r.budget): r for r in stats.itertuples()}
+
+    def mean(s, b):
+        seeds_lost = lost.get((s, b), [])
+        if (s, b) not in cell:
+            return f"failed (seeds {seeds_lost})" if seeds_lost else None
+        r = cell[s, b]
+        short = f" † {int(r.n)} of {int(r.n) + len(seeds_lost)} seeds, seeds {seeds_lost} failed" if seeds_lost else ""
+        return fmt_interval(r.mean, r.lo, r.hi) + short
+
     lines += ["", f"## Test {primary} (mean and 95 % t-interval over {len(seeds)} seeds{_clipped(primary)})", ""]
-    lines += _table(order, budgets, lambda s, b: fmt_interval(cell[s, b].mean, cell[s, b].lo, cell[s, b].hi) if (s, b) in cell else None)
+    lines += _table(shown, budgets, mean)
     if len(order) > 1:
-        compared = {(s, b): r for (s, b), r in cell.items() if s in networks and s != baseline}
+        compared = {(s, b): r for (s, b), r in cell.items() if s in networks and s != baseline and not pd.isna(r.gain)}
         negatives = sorted((s, b) for (s, b), r in compared.items() if r.negative)
         better = sorted((s, b) for (s, b), r in compared.items() if r.better)
 
         def gain(s, b):
-            if (s, b) not in cell:
-                return None
+            # A seed whose run failed, here or in the baseline, has no pair: said, not paired with another seed.
+            unpaired = sorted(set(lost.get((s, b), [])) | set(lost.get((baseline, b), [])))
+            if (s, b) not in cell or pd.isna(cell[s, b].gain):
+                return f"no pair: seeds {unpaired} failed" if unpaired else None
             r = cell[s, b]
             mark = " ⚠ negative transfer" if r.negative else " ✓ better" if r.better else ""
-            return f"{fmt_interval(r.gain, r.gain_lo, r.gain_hi, signed=True)} ({r.wins}/{r.n}){mark}"
+            short = f" † seeds {unpaired} unpaired (a run failed)" if unpaired else ""
+            return f"{fmt_interval(r.gain, r.gain_lo, r.gain_hi, signed=True)} ({int(r.wins)}/{int(r.paired)}){mark}{short}"
 
         lines += [
             "",
@@ -288,10 +349,12 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
             f" ±{_t_factor(len(seeds)):.1f} standard errors.",
             "",
         ]
-        lines += _table(networks[1:], budgets, gain)
+        lines += _table([s for s in shown if s in networks[1:] or s in gone], budgets, gain)
         lines += ["", "## Findings", ""]
         for b in budgets:
             at_b = stats[(stats.budget == b) & stats.strategy.isin(networks)]
+            if at_b.empty:  # every network run at this budget failed
+                continue
             best = at_b.loc[at_b["mean"].idxmax() if task.higher_is_better else at_b["mean"].idxmin()]
             lines.append(f"- k={b}: highest mean among network strategies: `{best.strategy}` ({fmt_interval(best['mean'], best['lo'], best['hi'])}).")
             lines += sanity_findings(t, b, best)
@@ -327,6 +390,28 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def failed_section(t: TransferReport) -> list[str]:
+    """Markdown lines: the failed runs, each with what became of its cell and why it failed."""
+    if not t.failed:
+        return []
+    lines = [
+        "",
+        "## Failed runs",
+        "",
+        f"{len(t.failed)} runs failed; each MLflow run ended FAILED with the reason in its `failure` tag. A failed run is"
+        " never scored: its seed is left out of the cell's mean (marked † with the seeds it averages) and of every gain"
+        " paired with it (a gain pairs only seeds where both runs finished); a failed tuning trial is not chosen.",
+        "",
+        "| strategy | k | seed | trial | the cell | why | MLflow run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in sorted(t.failed, key=lambda f: (f["strategy"], f["budget"], f["seed"], f["trial"])):
+        cell = "no result at this seed" if f["lost"] else f"trial t{f['chosen']} chosen instead"
+        why = f["why"].split(": ", 1)[-1]  # the message names the run; the columns do here
+        lines.append(f"| {f['strategy']} | {f['budget']} | {f['seed']} | t{f['trial']} | {cell} | {why} | `{f['run_id']}` |")
+    return lines
 
 
 def transferability(knowledge: Mapping, budgets: Sequence[int]) -> list[str]:

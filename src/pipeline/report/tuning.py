@@ -30,7 +30,7 @@ def oracle(df: pd.DataFrame, metric: str, higher_is_better: bool) -> pd.DataFram
         trials = r.trials if isinstance(r.trials, list) else None
         if not trials:
             continue
-        tests = [t["test"][f"test/{metric}"] for t in trials]
+        tests = [t["test"][f"test/{metric}"] for t in trials if "test" in t]  # a failed trial has none
         rows.append(
             {
                 "strategy": r.strategy,

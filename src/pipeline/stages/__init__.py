@@ -61,8 +61,9 @@ def experiment(cfg: DictConfig, kind: str | None = None) -> tuple[str, DictConfi
 
     kind: the kind the calling stage handles (`transfer` or `multitask`), None for either.
     """
-    from pipeline.config import check_experiment
+    from pipeline.config import check_experiment, check_untrusted
 
+    check_untrusted(cfg)  # also where a stage is called without the CLI (tests, benchmarks)
     name, found = cfg.get("exp"), experiment_kind(cfg)
     node = cfg[EXPERIMENT_KINDS[found]][name]
     check_experiment(node, name, found)  # first: a node declared under the wrong kind is named as such
@@ -72,6 +73,11 @@ def experiment(cfg: DictConfig, kind: str | None = None) -> tuple[str, DictConfi
 
 
 def layout(cfg: DictConfig, name: str) -> Layout:
+    from pipeline.config import name_refusal
+
+    why = name_refusal(name)  # checked with the config too (check_names); here for any caller
+    if why:
+        raise PipelineError(f"experiment name {str(name)!r} {why}")
     return Layout(Path(cfg.paths.artifacts) / name)
 
 
@@ -111,6 +117,9 @@ def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None) -
         if started is not None:
             started.append(True)
         try:
+            from pipeline.config import check_untrusted
+
+            check_untrusted(cfg)  # before the stage imports or runs anything a shared config names
             run(cfg)
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)

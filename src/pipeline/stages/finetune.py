@@ -16,12 +16,13 @@ strategies' (`classic: true`). `strategy=<its name>` selects one alone; null fit
 
 from __future__ import annotations
 
+import sys
 import time
 
 from omegaconf import DictConfig
 
 from pipeline.data import budget_index
-from pipeline.errors import PipelineError, instantiate
+from pipeline.errors import Diverged, PipelineError, instantiate
 from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
@@ -169,14 +170,21 @@ def train_one(c: dict, job: tuple) -> dict:
 
     start = time.perf_counter()
     result, folds = None, []
-    for i, (fit_rows, held) in enumerate(c["folds"].get((k, seed), [])):
-        if i == 0 and c["mirrored"]:  # the budget's own split: the result's fit is this fold's
-            result = train(index)
-            folds.append(result.best_val)
-        else:  # the held-out rows choose the fold's epochs and score it; its "test" pass reads them too (unused)
-            folds.append(train({"train": fit_rows, "val": held, "test": held}).best_val)
+    cv, fold = c["folds"].get((k, seed), []), None
+    try:
+        for i, (fit_rows, held) in enumerate(cv):
+            fold = f"cross-validation fold {i + 1} of {len(cv)}"
+            if i == 0 and c["mirrored"]:  # the budget's own split: the result's fit is this fold's
+                result = train(index)
+                folds.append(result.best_val)
+            else:  # the held-out rows choose the fold's epochs and score it; its "test" pass reads them too (unused)
+                folds.append(train({"train": fit_rows, "val": held, "test": held}).best_val)
+        fold = None
+        result = result or train(index)
+    except Diverged as exc:  # a result, not an exception: the grid goes on and the stage logs the run FAILED
+        exc.where = (*exc.where, *([fold] if fold else []))
+        return {"failed": exc.describe(), "logged": exc.logged or [], "seconds": time.perf_counter() - start, "n_train": len(index["train"])}
     folds = [float("nan") if v is None else float(v) for v in folds]  # None: no finite validation score
-    result = result or train(index)
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
@@ -203,6 +211,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
+    from pipeline.report.tuning import fmt_setting
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
@@ -232,7 +241,7 @@ def run(cfg: DictConfig) -> list[dict]:
     n_trials = int(tcfg.tuning.trials)
     job_list = [(s, k, seed, i) for s in strategy_names for k in budgets for seed in seeds for i in range(len(trials[s]))]
     metric = task.primary
-    results = []
+    results, failures = [], []
     with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
         tracker = Tracker(name, cfg.tracking.uri)
         # The linear baselines are fitted here while the workers train.
@@ -276,64 +285,91 @@ def run(cfg: DictConfig) -> list[dict]:
                 suffix=f"t{trial}" if n_trials > 1 else None,
                 **(source_lineage(ckpt) if uses_source else {}),
             ) as run_id:
-                out = next(outs)  # a failed run raises here: its MLflow run ends FAILED
-                result, seconds, folds = out["result"], out["seconds"], out["folds"]
-                tracker.log_recorded(run_id, result.logged)
-                cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
-                tracker.log_metrics(
-                    run_id,
-                    {
-                        "fit/best_epoch": result.best_epoch,
-                        "fit/seconds": seconds,
-                        "fit/n_train": out["n_train"],
-                        "fit/n_copied": len(plan.copied),
-                        "fit/n_frozen": len(plan.frozen),
-                        **cv,
-                    },
+                out = next(outs)  # a run that raised (a bug) raises here: its MLflow run ends FAILED
+                if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
+                    label = f"{strategy_name} k={k} seed={seed}" + (f" trial {trial}" if n_trials > 1 else "")
+                    message = f"finetune {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
+                    tracker.log_recorded(run_id, out["logged"])
+                    tracker.fail(run_id, message)
+                else:
+                    result, seconds, folds = out["result"], out["seconds"], out["folds"]
+                    tracker.log_recorded(run_id, result.logged)
+                    cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
+                    tracker.log_metrics(
+                        run_id,
+                        {
+                            "fit/best_epoch": result.best_epoch,
+                            "fit/seconds": seconds,
+                            "fit/n_train": out["n_train"],
+                            "fit/n_copied": len(plan.copied),
+                            "fit/n_frozen": len(plan.frozen),
+                            **cv,
+                        },
+                    )
+            if "failed" in out:
+                failures.append(message)
+                group.append(
+                    {"trial": trial, "setting": setting, "cv": None, "run_id": run_id, "failed": message, "seconds": round(out["seconds"], 2)}
                 )
-            group.append(
-                {
-                    "trial": trial,
-                    "setting": setting,
-                    "cv": float(np.mean(folds)) if folds else None,
-                    "run_id": run_id,
-                    "test": result.test,
-                    "best_epoch": result.best_epoch,
-                    "steps": result.steps,
-                    "seconds": round(seconds, 2),
-                    "fits": out["fits"],
-                    "n_train": int(out["n_train"]),
-                }
-            )
-            # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
-            phases = len(plan.phases or [None])
-            how = (
-                ended(result.epochs, result.best_epoch, tcfg.max_epochs)
-                if phases == 1
-                else f"epochs {result.epochs} in {phases} phases (at most {phases * tcfg.max_epochs}), best {result.best_epoch + 1}"
-            )
-            print(
-                f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
-                f"test/{metric}={result.test[f'test/{metric}']:.4f} {how} {seconds:5.1f}s",
-                flush=True,
-            )
+                print(
+                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} FAILED: {out['failed']}",
+                    flush=True,
+                )
+            else:
+                group.append(
+                    {
+                        "trial": trial,
+                        "setting": setting,
+                        "cv": float(np.mean(folds)) if folds else None,
+                        "run_id": run_id,
+                        "test": result.test,
+                        "best_epoch": result.best_epoch,
+                        "steps": result.steps,
+                        "seconds": round(seconds, 2),
+                        "fits": out["fits"],
+                        "n_train": int(out["n_train"]),
+                    }
+                )
+                # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
+                phases = len(plan.phases or [None])
+                how = (
+                    ended(result.epochs, result.best_epoch, tcfg.max_epochs)
+                    if phases == 1
+                    else f"epochs {result.epochs} in {phases} phases (at most {phases * tcfg.max_epochs}), best {result.best_epoch + 1}"
+                )
+                print(
+                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
+                    f"test/{metric}={result.test[f'test/{metric}']:.4f} {how} {seconds:5.1f}s",
+                    flush=True,
+                )
             if len(group) < len(trials[strategy_name]):
                 continue
-            chosen = group[tuning.best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in group], task.higher_is_better)]
-            if len(group) > 1:
-                for g in group:
-                    tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})
-            results.append(
-                {
-                    "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
-                    "strategy": strategy_name,
-                    "budget": int(k),
-                    "seed": int(seed),
-                    **chosen,
-                    "trials": [{key: g[key] for key in ("trial", "setting", "cv", "run_id", "test", "seconds", "fits")} for g in group],
-                }
-            )
+            finished = [g for g in group if "failed" not in g]  # a failed trial is never chosen
+            record = {
+                "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
+                "strategy": strategy_name,
+                "budget": int(k),
+                "seed": int(seed),
+            }
+            trial_keys = ("trial", "setting", "cv", "run_id", "test", "seconds", "fits", "failed")
+            if finished:
+                chosen = finished[tuning.best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in finished], task.higher_is_better)]
+                if len(group) > 1:
+                    for g in group:
+                        tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})
+                record |= chosen
+            else:  # every trial failed: the result is a failure, which the report lists
+                record |= {"run_id": group[0]["run_id"], "failed": group[0]["failed"] if len(group) == 1 else f"all {len(group)} trials failed"}
+            record["trials"] = [{key: g[key] for key in trial_keys if key in g} for g in group]
+            results.append(record)
             group = []
+    if failures:
+        print(
+            f"warning: finetune {name}: {len(failures)} of {len(job_list)} runs failed and are recorded as failed in {paths.finetune}"
+            f" (their MLflow runs are FAILED; the report lists them): {failures[0]}"
+            + (f"; and {len(failures) - 1} more" if len(failures) > 1 else ""),
+            file=sys.stderr,
+        )
     results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:

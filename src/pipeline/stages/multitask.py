@@ -13,11 +13,12 @@ from the scheme's `auto_grid`; every candidate is an MLflow run, the chosen one 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.errors import PipelineError, instantiate
+from pipeline.errors import Diverged, PipelineError, instantiate
 from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
@@ -154,7 +155,10 @@ def train_candidate(c: dict, job: tuple) -> dict:
     net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
     weighting = build(c["mt"].weightings[wname], n_tasks=len(ts.tasks))
     module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(c["optimizer"], "optimizer"), weighting)
-    result = fit(module, c["data"], mcfg, c["trainer"], seed)
+    try:
+        result = fit(module, c["data"], mcfg, c["trainer"], seed)
+    except Diverged as exc:  # a result, not an exception: the grid goes on and the stage logs the run FAILED
+        return {"failed": exc.describe(), "logged": exc.logged or [], "seconds": time.perf_counter() - start}
     return {"result": result, "history": module.history, "seconds": time.perf_counter() - start}
 
 
@@ -175,7 +179,12 @@ def train_members(c: dict, job: tuple) -> list[dict]:
     net = type(nets[0]).members(nets)
     params = [{"params": list(net.parameters()), "lr": mcfg.lr}]
     module = MembersModule(net, ts.tasks, len(nets), params, instantiate(c["optimizer"], "optimizer"), mcfg.patience)
-    results, histories = fit_members(module, c["data"], mcfg, c["trainer"], seed)
+    try:
+        results, histories = fit_members(module, c["data"], mcfg, c["trainer"], seed)
+    except Diverged as exc:  # one member diverged: the stacked net fails as a whole, each candidate's run FAILED
+        seconds = (time.perf_counter() - start) / len(nets)
+        why = f"{exc.describe()} (candidate {exc.member}, trained as a member of one net with the others)"
+        return [{"failed": why, "logged": module.member_log[i], "seconds": seconds} for i in range(len(nets))]
     seconds = (time.perf_counter() - start) / len(nets)
     return [{"result": r, "history": h, "seconds": seconds} for r, h in zip(results, histories)]
 
@@ -234,7 +243,7 @@ def run(cfg: DictConfig) -> list[dict]:
     batched = {key: together(mt, key[0], key[1], archs) for key, archs in groups}
     job_list = [job for key, archs in groups for job in ([(*key, archs)] if batched[key] else [(*key, arch) for arch in archs])]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
-    results, skipped = [], None
+    results, skipped, failures = [], None, []
     with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
         tracker = Tracker(name, cfg.tracking.uri)
         if classic_wanted:
@@ -274,12 +283,27 @@ def run(cfg: DictConfig) -> list[dict]:
                     suffix=f"c{i}" if len(archs) > 1 else None,
                 ) as run_id:
                     if batched[(scheme, wname, seed)]:
-                        members = next(outs) if members is None else members  # a failed job raises here: its run ends FAILED
+                        members = next(outs) if members is None else members  # a job that raised (a bug) raises here: its run ends FAILED
                         out = members[i]
                     else:
                         out = next(outs)
-                    res = out["result"]
-                    tracker.log_recorded(run_id, res.logged)
+                    if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
+                        label = f"{method} seed={seed}" + (f" candidate {i}" if len(archs) > 1 else "")
+                        hint = f"lower multitask.lr (it trained with lr {mcfg.lr:g}) or check {method}'s settings"
+                        message = f"multitask {name} {label}: {out['failed']}; {hint}"
+                        tracker.log_recorded(run_id, out["logged"])
+                        tracker.fail(run_id, message)
+                    else:
+                        res = out["result"]
+                        tracker.log_recorded(run_id, res.logged)
+                if "failed" in out:
+                    failures.append(message)
+                    candidates.append({"run_id": run_id, "arch": arch, "failed": message, "seconds": out["seconds"], "steps": 0})
+                    print(
+                        f"multitask {name} {scheme:<11} {wname:<12} seed={seed}{f' c{i}' if len(archs) > 1 else ''} FAILED: {out['failed']}",
+                        flush=True,
+                    )
+                    continue
                 candidates.append(
                     {
                         "scheme": scheme,
@@ -296,17 +320,42 @@ def run(cfg: DictConfig) -> list[dict]:
                         "history": out["history"],
                     }
                 )
-            chosen = max(candidates, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
+            finished = [c for c in candidates if "failed" not in c]  # a failed candidate is never chosen
+            failed = [{k: c[k] for k in ("run_id", "arch", "failed")} for c in candidates if "failed" in c]
+            cost = {"seconds": round(sum(c["seconds"] for c in candidates), 2), "steps": sum(c["steps"] for c in candidates)}
+            digested = digest({**configured, "data_hash": ts.data_hash})
+            if not finished:  # every candidate failed: the result is a failure, which the report lists
+                neural.append(
+                    {
+                        "scheme": scheme,
+                        "weighting": wname,
+                        "seed": int(seed),
+                        "run_id": failed[0]["run_id"],
+                        "failed": failed[0]["failed"],
+                        "failed_candidates": failed,
+                        **cost,
+                        "config_digest": digested,
+                    }
+                )
+                continue
+            chosen = max(finished, key=lambda c: float("-inf") if c["best_val"] is None else c["best_val"])
             if len(candidates) > 1:
                 tracker.client.set_tag(chosen["run_id"], "selected", "true")
             # The time and steps of every candidate: what this scheme x weighting x seed cost.
-            chosen = {**chosen, "seconds": round(sum(c["seconds"] for c in candidates), 2), "steps": sum(c["steps"] for c in candidates)}
-            chosen["config_digest"] = digest({**configured, "data_hash": ts.data_hash})
+            chosen = {**chosen, **cost, "config_digest": digested, **({"failed_candidates": failed} if failed else {})}
             neural.append(chosen)
             print(
                 f"multitask {name} {scheme:<11} {wname:<12} seed={seed} test/score={chosen['test'].get('test/score', float('nan')):.4f} "
                 f"{ended(chosen['epochs'], chosen['best_epoch'], mcfg.max_epochs)} {chosen['seconds']:5.1f}s",
                 flush=True,
+            )
+        if failures:
+            runs = sum(len(a) for _, a in groups)
+            print(
+                f"warning: multitask {name}: {len(failures)} of {runs} runs failed and are recorded as failed in {paths.multitask}"
+                f" (their MLflow runs are FAILED; the report lists them): {failures[0]}"
+                + (f"; and {len(failures) - 1} more" if len(failures) > 1 else ""),
+                file=sys.stderr,
             )
         results = neural + (fitted if classic_wanted else [])
     # Written once every run has finished, so a failure leaves no partial results behind.

@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig
 
-from pipeline.errors import instantiate
+from pipeline.errors import Diverged, PipelineError, instantiate
 from pipeline.stages import config_dict, experiment, hydra_entry, layout
 
 
@@ -90,7 +90,13 @@ def run(cfg: DictConfig) -> dict:
             result = None  # the seeded initialisation itself: tested as it is
         else:
             module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
-            result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
+            try:
+                result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
+            except Diverged as exc:  # fatal for the chain: every later stage needs this model
+                message = f"{label} seed={seed}: {exc.describe()}; lower pretrain.lr (it trained with lr {pre.lr:g})"
+                tracker.log_recorded(run_id, exc.logged or [])
+                tracker.fail(run_id, message)
+                raise PipelineError(message) from None
             tracker.log_recorded(run_id, result.logged)
         seconds = time.perf_counter() - start
         at_cap = result is not None and best_epoch_at_cap(result.best_epoch, pre.max_epochs, trainer_cfg.val_every_n_epochs)

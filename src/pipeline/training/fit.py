@@ -14,6 +14,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.loggers import Logger
 
 from pipeline.config import FitConfig, TrainerConfig
+from pipeline.errors import Diverged
 from pipeline.training.loader import TensorLoader
 
 
@@ -202,14 +203,18 @@ def fit(
         recorder = Recorder()
         tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks])
         store = tr.strategy.checkpoint_io = _MemoryCheckpointIO()
-        if own_validation:
-            module.validation_data = data["val"]
-            try:
-                tr.fit(module, train)
-            finally:
-                module.validation_data = None
-        else:
-            tr.fit(module, train, whole("val"))
+        try:
+            if own_validation:
+                module.validation_data = data["val"]
+                try:
+                    tr.fit(module, train)
+                finally:
+                    module.validation_data = None
+            else:
+                tr.fit(module, train, whole("val"))
+        except Diverged as exc:  # the history up to the divergence, for the failed run's MLflow log
+            exc.logged = recorder.metrics
+            raise
         best = store.load_checkpoint(ckpt.best_model_path)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best.get("epoch", tr.current_epoch))

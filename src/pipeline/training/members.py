@@ -91,6 +91,10 @@ class MembersModule(TaskModule):
                 continue
             part = slice(m * t, (m + 1) * t)
             record = epoch_record(self.base, mean_losses[part], mean_weights[part])
+            if not math.isfinite(record["train/loss"]):  # the stacked net fails as a whole, naming the member
+                exc = self.divergence([loss[part] for loss in self._losses])
+                exc.member = m
+                raise exc
             if t > 1:
                 self.member_history[m].append({"epoch": self.current_epoch, **record})
             self._record(m, record, self.global_step)

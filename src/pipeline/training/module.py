@@ -15,6 +15,7 @@ learning rates (transfer plans).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.data import TaskSpec
+from pipeline.errors import Diverged
 from pipeline.training.metrics import masked_losses, per_task_metrics, selection, selection_score
 
 
@@ -257,12 +259,18 @@ class TaskModule(L.LightningModule):
             self.validation_data = tuple(t.to(self.device) for t in self.validation_data)
 
     def on_train_epoch_end(self) -> None:
+        record = None
+        if self._losses:
+            mean_losses, mean_weights = epoch_means(self._losses, self._weights)
+            record = epoch_record(self.tasks, mean_losses, mean_weights)
+            # The epoch's summed mean loss is read anyway (one host sync an epoch): a NaN or infinite
+            # step makes it non-finite, so the check costs nothing per step.
+            if not math.isfinite(record["train/loss"]):
+                raise self.divergence()
         if self.validation_data is not None:
             self._validate()
-        if not self._losses:
+        if record is None:
             return
-        mean_losses, mean_weights = epoch_means(self._losses, self._weights)
-        record = epoch_record(self.tasks, mean_losses, mean_weights)
         if len(self.tasks) > 1:
             if self._probe is not None:
                 record.update(self.gradient_cosine(*self._probe))
@@ -270,6 +278,13 @@ class TaskModule(L.LightningModule):
         self._to_loggers(record)
         self.weighting.on_epoch_end(mean_losses)
         self._losses, self._weights, self._probe = [], [], None
+
+    def divergence(self, losses: list[torch.Tensor] | None = None) -> Diverged:
+        """The Diverged error for this epoch: its first optimizer step whose loss is not finite, and that loss."""
+        stacked = torch.stack(self._losses if losses is None else losses).sum(1)
+        first = int((~torch.isfinite(stacked)).nonzero()[0, 0])
+        step = self.global_step - len(stacked) + first + 1
+        return Diverged.at(self.current_epoch + 1, step, float(stacked[first]))
 
     def _validate(self) -> None:
         """The validation pass of `validation_data`, run from the training epoch's end hook, which

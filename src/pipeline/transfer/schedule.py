@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from pipeline.config import FitConfig, TrainerConfig
+from pipeline.errors import Diverged
 from pipeline.models import under
 from pipeline.training import FitResult, TaskModule, fit
 from pipeline.training.module import evaluation, outputs
@@ -30,7 +31,12 @@ def train_plan(plan: TransferPlan, module: TaskModule, data: Mapping[str, tuple]
     for i, layers in enumerate(plan.phases):
         for n, p in named.items():
             p.requires_grad_(n in trainable and under(n, layers))
-        result = fit(module, data, run, settings, seed)
+        try:
+            result = fit(module, data, run, settings, seed)
+        except Diverged as exc:  # counted over the whole run, as its history is
+            exc.logged = logged + [(k, v, step + steps, ms) for k, v, step, ms in exc.logged or []]
+            exc.epoch, exc.step, exc.where = exc.epoch + epochs, exc.step + steps, (*exc.where, f"phase {i + 1} of {len(plan.phases)}")
+            raise
         logged += [(k, v, step + steps, ms) for k, v, step, ms in result.logged]
         results.append(result)
         steps, epochs = steps + result.steps, epochs + result.epochs
