@@ -89,21 +89,24 @@ def config_dict(cfg: DictConfig, *keys: str) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
 
 
-def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None) -> Callable[[], None]:
+def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None, objective: Callable[[Any], float] | None = None) -> Callable[[], Any]:
     """Wrap `run` as a Hydra app reading `conf/` (or `--config-dir . --config-name params` under DVC).
 
     A PipelineError becomes one clear line on stderr and exit status 2, with no traceback.
     `started` (a list) gets an entry when `run` is called: Hydra exits 1 both for a config it cannot
     compose and for an exception inside `run`, and only the first is the user's mistake.
+    `objective` turns what `run` returned into the number a Hydra sweeper (Optuna) optimises: the app
+    returns it.
     """
     import hydra
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> Any:
         if started is not None:
             started.append(True)
         try:
-            run(cfg)
+            out = run(cfg)
+            return objective(out) if objective is not None else None
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -167,7 +170,12 @@ def check_flags(flags: list[str]) -> None:
         raise PipelineError(f"Hydra takes one of --run, --multirun, --cfg, --info at a time, got {', '.join(modes)}{hint}")
 
 
-def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
+# Set by pipeline.sweeps.TrackingStore once a multirun's config is composed: its jobs may run in other
+# processes (joblib, submitit), where `launch` cannot see them start.
+COMPOSED: list[bool] = []
+
+
+def launch(run: Callable[[DictConfig], Any], argv: list[str], objective: Callable[[Any], float] | None = None) -> None:
     overrides, flags = split_args(argv)
     try:
         check_flags(flags)
@@ -179,10 +187,11 @@ def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     sys.argv = [sys.argv[0], *overrides, *extra, *flags]
     started: list = []
+    COMPOSED.clear()
     try:
-        hydra_entry(run, started)()
+        hydra_entry(run, started, objective)()
     except SystemExit as exc:
-        if exc.code == 1 and not started:  # Hydra printed why it could not compose the config: the user's input
+        if exc.code == 1 and not started and not COMPOSED:  # Hydra printed why it could not compose the config: the user's input
             sys.exit(2)
         raise
 

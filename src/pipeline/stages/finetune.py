@@ -199,6 +199,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
+    from pipeline.sweeps import check_direction
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
@@ -209,6 +210,7 @@ def run(cfg: DictConfig) -> list[dict]:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
+    check_direction(f"val/{task.primary}", task.higher_is_better)
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
     trials, strategies = tuning.plan(cfg.transfer.strategies, tcfg, strategy_names)
     # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed and trial).
@@ -275,6 +277,7 @@ def run(cfg: DictConfig) -> list[dict]:
                     "cv": float(np.mean(folds)) if folds else None,
                     "run_id": run_id,
                     "test": result.test,
+                    "best_val": result.best_val,
                     "best_epoch": result.best_epoch,
                     "steps": result.steps,
                     "seconds": round(seconds, 2),
@@ -318,4 +321,11 @@ def run(cfg: DictConfig) -> list[dict]:
     return results
 
 
-main = hydra_entry(run)
+def objective(results: list[dict]) -> float:
+    """The number a Hydra sweeper (Optuna) optimises for this stage's job: validation, never test."""
+    from pipeline.sweeps import validation_objective
+
+    return validation_objective(results)
+
+
+main = hydra_entry(run, objective=objective)
