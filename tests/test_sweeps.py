@@ -88,7 +88,8 @@ def test_a_sweep_direction_against_the_metric_is_an_error_naming_both(tmp_path, 
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.errors import PipelineError
-    from pipeline.sweeps import check_direction, validation_objective
+    from pipeline.stages import check_direction
+    from pipeline.stages.finetune import objective
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=["hydra/sweeper=finetune_lr"], return_hydra_config=True)
@@ -104,9 +105,9 @@ def test_a_sweep_direction_against_the_metric_is_an_error_naming_both(tmp_path, 
         HydraConfig.instance().cfg = None
     check_direction("val/rmse", higher_is_better=False)  # no sweeper: nothing to check
     records = [{"cv": None, "best_val": 0.5}, {"cv": 0.75, "best_val": 0.0}, {"classic": True, "test": {"test/acc": 1.0}}]
-    assert validation_objective(records) == 0.625  # the selection score of each network run; test never enters
+    assert objective(records) == 0.625  # the selection score of each network run; test never enters
     with pytest.raises(PipelineError, match="select one with strategy="):
-        validation_objective([{"classic": True}])
+        objective([{"classic": True}])
 
 
 def test_the_sweep_creates_the_experiments_it_will_use_and_a_lost_create_race_takes_the_winners(tmp_path):

@@ -11,7 +11,6 @@ the create race, for stages started in parallel some other way.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -63,33 +62,3 @@ class TrackingStore(Callback):
         client.search_experiments(max_results=1)  # the first call creates and migrates a new store
         for name in swept_experiments(config):
             experiment_id(client, name, uri)
-
-
-def validation_objective(results: list[dict]) -> float:
-    """What a sweeper optimises for one job of the finetune stage: the mean over its strategy runs of the
-    score the stage selects on, the cross-validated score when tuned, else the validation score at the
-    kept epoch; both read only the labels a user has at the budget, never the test split. NaN (a failed
-    trial to Optuna) when a run had no finite validation score."""
-    scores = [r["cv"] if r.get("cv") is not None else r.get("best_val") for r in results if not r.get("classic")]
-    if not scores:
-        raise PipelineError("a sweep of the finetune stage optimises the validation score of a network strategy: select one with strategy=")
-    return float("nan") if any(s is None for s in scores) else math.fsum(scores) / len(scores)
-
-
-def check_direction(metric: str, higher_is_better: bool) -> None:
-    """Under a sweeper with one `direction` (Optuna), that direction must match the metric's, or it would
-    search for the worst setting: an error naming both, before anything trains."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction")
-    if direction is None or OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
-        return
-    direction = str(getattr(direction, "name", direction))
-    wanted = "maximize" if higher_is_better else "minimize"
-    if direction != wanted:
-        better = "higher" if higher_is_better else "lower"
-        raise PipelineError(
-            f"hydra.sweeper.direction={direction}, but the objective, validation {metric}, is better {better}: set hydra.sweeper.direction={wanted}"
-        )

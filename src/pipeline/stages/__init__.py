@@ -196,6 +196,25 @@ def launch(run: Callable[[DictConfig], Any], argv: list[str], objective: Callabl
         raise
 
 
+def check_direction(metric: str, higher_is_better: bool) -> None:
+    """Under a sweeper with one `direction` (Optuna), that direction must match the metric's, or it would
+    search for the worst setting: an error naming both, before anything trains."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction")
+    if direction is None or OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
+        return
+    direction = str(getattr(direction, "name", direction))
+    wanted = "maximize" if higher_is_better else "minimize"
+    if direction != wanted:
+        better = "higher" if higher_is_better else "lower"
+        raise PipelineError(
+            f"hydra.sweeper.direction={direction}, but the objective, validation {metric}, is better {better}: set hydra.sweeper.direction={wanted}"
+        )
+
+
 def ended(epochs: int, best_epoch: int, max_epochs: int) -> str:
     """How a run ended, for its one line in the logs: epochs trained of the cap, whether early
     stopping ended it, and the kept (best) epoch, counted from 1."""

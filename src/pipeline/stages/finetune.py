@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from pipeline.data import budget_index
 from pipeline.errors import PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, check_direction, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
 def run_params(cfg: DictConfig, strategy_name: str) -> dict:
@@ -199,7 +199,6 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
-    from pipeline.sweeps import check_direction
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
@@ -322,10 +321,16 @@ def run(cfg: DictConfig) -> list[dict]:
 
 
 def objective(results: list[dict]) -> float:
-    """The number a Hydra sweeper (Optuna) optimises for this stage's job: validation, never test."""
-    from pipeline.sweeps import validation_objective
+    """What a Hydra sweeper (Optuna) optimises for one job of this stage: the mean over its strategy runs
+    of the score the stage selects on, the cross-validated score when tuned, else the validation score
+    at the kept epoch; both read only the labels a user has at the budget, never the test split. NaN (a
+    failed trial to Optuna) when a run had no finite validation score."""
+    import math
 
-    return validation_objective(results)
+    scores = [r["cv"] if r.get("cv") is not None else r.get("best_val") for r in results if not r.get("classic")]
+    if not scores:
+        raise PipelineError("a sweep of the finetune stage optimises the validation score of a network strategy: select one with strategy=")
+    return float("nan") if any(s is None for s in scores) else math.fsum(scores) / len(scores)
 
 
 main = hydra_entry(run, objective=objective)
