@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev,solvers,server]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,solvers,server,sweeps]'
 	touch $(STAMP)
 
 # demo: the whole default study (every chain of dvc.yaml), timed; demo-all is the same (older name).

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.stages import launch
 
     module = importlib.import_module(f"pipeline.stages.{stage}")
-    launch(module.run, rest)
+    launch(module.run, rest, getattr(module, "objective", None))
 
 
 if __name__ == "__main__":

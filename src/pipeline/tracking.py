@@ -237,6 +237,43 @@ def dataset_input(name: str, data_hash: str, provenance: Mapping[str, Any], cont
     return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
+def experiment_id(client, name: str, uri: str, artifact_root: str = "mlartifacts") -> str:
+    """The id of the MLflow experiment `name`, created if the store has none. Jobs of a parallel sweep
+    may all find it missing and race to create it: the losers (RESOURCE_ALREADY_EXISTS) take the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            # Keep artifacts beside the embedded store, not in whatever directory a stage ran from.
+            location = (store_root() / artifact_root).resolve().joinpath(name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (exp := client.get_experiment_by_name(name)) is None:
+                raise
+    if not exp.tags.get(EXPERIMENT_KIND_TAG):  # made before the kind was set: the UI would open on traces
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def log_inputs(client, run_id: str, datasets, models) -> None:
+    """`client.log_inputs`, once more if it lost a race: the store creates a dataset on its first use, and
+    jobs of a parallel sweep that log the same new dataset at once collide on its unique key (SQLite:
+    "UNIQUE constraint failed", PostgreSQL: "duplicate key"). The loser's transaction is rolled back
+    whole, so the second call finds the winner's dataset and links it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=datasets, models=models)
+    except MlflowException as exc:
+        text = str(exc.message).lower()
+        if exc.error_code != "BAD_REQUEST" or ("unique constraint" not in text and "duplicate key" not in text):
+            raise
+        client.log_inputs(run_id, datasets=datasets, models=models)
+
+
 class Tracker:
     """Thin layer over `MlflowClient` for one scenario (= one MLflow experiment)."""
 
@@ -248,17 +285,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.launcher = launcher()
         self.failed: set[str] = set()  # runs marked failed (`fail`)
-        exp = self.client.get_experiment_by_name(scenario)
-        if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:"):
-                # Keep artifacts beside the embedded store, not in whatever directory a stage ran from.
-                location = (store_root() / artifact_root).resolve().joinpath(scenario).as_uri()
-            self.experiment_id = self.client.create_experiment(scenario, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        else:
-            self.experiment_id = exp.experiment_id
-            if not exp.tags.get(EXPERIMENT_KIND_TAG):  # made before the kind was set: the UI would open on traces
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        self.experiment_id = experiment_id(self.client, scenario, self.uri, artifact_root)
 
     def start(
         self,
@@ -313,7 +340,7 @@ class Tracker:
                 role, provenance, context = (*dataset, "train")[:3]
                 datasets = [dataset_input(f"{self.scenario}/{role}", data_hash, provenance, context)]
             models = [LoggedModelInput(source_model_id)] if source_model_id else None
-            self.client.log_inputs(run_id, datasets=datasets, models=models)
+            log_inputs(self.client, run_id, datasets, models)
         return run_id
 
     def lineage_note(self, source_run_id: str, source_model_id: str | None) -> str:

@@ -103,24 +103,27 @@ def config_dict(cfg: DictConfig, *keys: str) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
 
 
-def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None) -> Callable[[], None]:
+def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None, objective: Callable[[Any], float] | None = None) -> Callable[[], Any]:
     """Wrap `run` as a Hydra app reading `conf/` (or `--config-dir . --config-name params` under DVC).
 
     A PipelineError becomes one clear line on stderr and exit status 2, with no traceback.
     `started` (a list) gets an entry when `run` is called: Hydra exits 1 both for a config it cannot
     compose and for an exception inside `run`, and only the first is the user's mistake.
+    `objective` turns what `run` returned into the number a Hydra sweeper (Optuna) optimises: the app
+    returns it.
     """
     import hydra
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> Any:
         if started is not None:
             started.append(True)
         try:
             from pipeline.config import check_untrusted
 
             check_untrusted(cfg)  # before the stage imports or runs anything a shared config names
-            run(cfg)
+            out = run(cfg)
+            return objective(out) if objective is not None else None
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -184,7 +187,12 @@ def check_flags(flags: list[str]) -> None:
         raise PipelineError(f"Hydra takes one of --run, --multirun, --cfg, --info at a time, got {', '.join(modes)}{hint}")
 
 
-def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
+# Set by pipeline.sweeps.TrackingStore once a multirun's config is composed: its jobs may run in other
+# processes (joblib, submitit), where `launch` cannot see them start.
+COMPOSED: list[bool] = []
+
+
+def launch(run: Callable[[DictConfig], Any], argv: list[str], objective: Callable[[Any], float] | None = None) -> None:
     overrides, flags = split_args(argv)
     try:
         check_flags(flags)
@@ -196,12 +204,32 @@ def launch(run: Callable[[DictConfig], Any], argv: list[str]) -> None:
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     sys.argv = [sys.argv[0], *overrides, *extra, *flags]
     started: list = []
+    COMPOSED.clear()
     try:
-        hydra_entry(run, started)()
+        hydra_entry(run, started, objective)()
     except SystemExit as exc:
-        if exc.code == 1 and not started:  # Hydra printed why it could not compose the config: the user's input
+        if exc.code == 1 and not started and not COMPOSED:  # Hydra printed why it could not compose the config: the user's input
             sys.exit(2)
         raise
+
+
+def check_direction(metric: str, higher_is_better: bool) -> None:
+    """Under a sweeper with one `direction` (Optuna), that direction must match the metric's, or it would
+    search for the worst setting: an error naming both, before anything trains."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction")
+    if direction is None or OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
+        return
+    direction = str(getattr(direction, "name", direction))
+    wanted = "maximize" if higher_is_better else "minimize"
+    if direction != wanted:
+        better = "higher" if higher_is_better else "lower"
+        raise PipelineError(
+            f"hydra.sweeper.direction={direction}, but the objective, validation {metric}, is better {better}: set hydra.sweeper.direction={wanted}"
+        )
 
 
 def ended(epochs: int, best_epoch: int, max_epochs: int) -> str:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from pipeline.data import budget_index
 from pipeline.errors import Diverged, PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, check_direction, config_dict, ended, experiment, hydra_entry, layout, pick
 
 
 def run_params(cfg: DictConfig, strategy_name: str) -> dict:
@@ -222,6 +222,7 @@ def run(cfg: DictConfig) -> list[dict]:
     knowledge = read_json(paths.knowledge / "summary.json", "extract summary")
     features = np.load(paths.knowledge / "features.npy")
     task = tgt.tasks[0]
+    check_direction(f"val/{task.primary}", task.higher_is_better)
     ctx = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model, feature_dim=features.shape[1])
     trials, strategies = tuning.plan(cfg.transfer.strategies, tcfg, strategy_names)
     # What each strategy takes from the source, for its runs' tags and lineage (the same at every seed and trial).
@@ -323,6 +324,7 @@ def run(cfg: DictConfig) -> list[dict]:
                         "cv": float(np.mean(folds)) if folds else None,
                         "run_id": run_id,
                         "test": result.test,
+                        "best_val": result.best_val,
                         "best_epoch": result.best_epoch,
                         "steps": result.steps,
                         "seconds": round(seconds, 2),
@@ -379,4 +381,17 @@ def run(cfg: DictConfig) -> list[dict]:
     return results + probes
 
 
-main = hydra_entry(run)
+def objective(results: list[dict]) -> float:
+    """What a Hydra sweeper (Optuna) optimises for one job of this stage: the mean over its strategy runs
+    of the score the stage selects on, the cross-validated score when tuned, else the validation score
+    at the kept epoch; both read only the labels a user has at the budget, never the test split. NaN (a
+    failed trial to Optuna) when a run had no finite validation score."""
+    import math
+
+    scores = [r["cv"] if r.get("cv") is not None else r.get("best_val") for r in results if not r.get("classic")]
+    if not scores:
+        raise PipelineError("a sweep of the finetune stage optimises the validation score of a network strategy: select one with strategy=")
+    return float("nan") if any(s is None for s in scores) else math.fsum(scores) / len(scores)
+
+
+main = hydra_entry(run, objective=objective)
