@@ -50,7 +50,7 @@ def tiny_project(repo: Path) -> Path:
     copy_project(repo)
     conf = repo / "conf" / "config.yaml"
     cfg = yaml.safe_load(conf.read_text())
-    cfg["defaults"] = [d for d in cfg["defaults"] if not (isinstance(d, dict) and any(k.startswith("experiment@") for k in d))]
+    cfg["defaults"] = [d for d in cfg["defaults"] if not (isinstance(d, dict) and any(k.startswith(("experiment@", "candidates@")) for k in d))]
     cfg["defaults"].insert(cfg["defaults"].index("_self_"), {f"experiment@multitask_experiments.{EXP}": EXP})
     cfg["experiments"] = {}
     cfg["multitask_experiments"] = {EXP: {"schemes": ["hard"], "weightings": ["equal"], "data": {"n_tasks": 2, "n_per_task": 40}}}

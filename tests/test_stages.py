@@ -83,7 +83,7 @@ def test_extract_features_probs_and_domain_gap(pipeline_run):
     assert mine == pytest.approx(LogME()(feats[rows], tgt.y[rows, 0], "classification"), rel=1e-9)
     assert set(summary["scores"]) == set(cfg.knowledge.scores) and summary["not_applicable"] == {}
     client, runs = mlflow_runs(cfg, "mnist_to_digits")
-    run = next(r for r in runs if r.data.tags["stage"] == "extract")
+    run = next(r for r in runs if r.data.tags["stage"] == "extract" and r.data.tags["source"] == "source")
     history = client.get_metric_history(run.info.run_id, "knowledge/logme")
     assert sorted(m.step for m in history) == [1, 3]  # the label budget is the step, the value the mean over seeds
     assert {m.step: m.value for m in history}[3] == pytest.approx(np.mean([r["value"] for r in records if (r["score"], r["budget"]) == ("logme", 3)]))
@@ -209,10 +209,10 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     from support import mlflow_runs
 
     _, runs = mlflow_runs(cfg, "diabetes")
-    ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
+    ft = [r for r in runs if r.data.tags["stage"] == "finetune" and "source" not in r.data.tags]  # not the probes of inner blocks
     assert len(ft) == 2 * (len(STRATEGIES) + 2) and all({"test/rmse", "test/r2"} <= set(r.data.metrics) for r in ft)
     assert sum(r.data.tags["strategy"] == "linear" for r in ft) == 2 and sum(r.data.tags["strategy"] == "linear_features" for r in ft) == 2
-    ext = [r for r in runs if r.data.tags["stage"] == "extract"]
+    ext = [r for r in runs if r.data.tags["stage"] == "extract" and r.data.tags["source"] == "source"]
     assert ext[0].data.metrics["knowledge/zero_shot_rmse"] == pytest.approx(knowledge["zero_shot_rmse"])
     # RMSE is in the target's unit (disease progression, std ~77): a model that learnt something
     # beats predicting the mean, i.e. RMSE below the std and R² above 0.

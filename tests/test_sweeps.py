@@ -21,7 +21,7 @@ EXP = "mnist_to_digits"
 def sweep_dir(pipeline_run, tmp_path):
     """A working folder with the chain's prepared data, source and extracted features (what a sweep of
     finetune starts from), and no tracking store yet."""
-    for part in ("data", "source", "knowledge"):
+    for part in ("data", "sources", "knowledge"):
         shutil.copytree(pipeline_run["tmp"] / "artifacts" / EXP / part, tmp_path / "artifacts" / EXP / part)
     return tmp_path
 

@@ -23,6 +23,7 @@ SCORES = ("logme", "leep")
 TRANSFER = [
     *(f"~transfer.strategies.{s}" for s in CONFIGURED["transfer"]["strategies"] if s not in KEPT),
     *(f"~knowledge.scores.{s}" for s in CONFIGURED["knowledge"]["scores"] if s not in SCORES),
+    "knowledge.layers=false",  # the own source only (inner blocks and candidates: tests/test_sources.py)
     "transfer.seeds=[0]",
     "experiments.mnist_to_digits.budgets=[3]",
     "pretrain.max_epochs=2",
@@ -192,7 +193,7 @@ def test_the_source_model_is_registered_and_its_files_travel_over_http(served, e
     # The UI's logged-model page links to its registered version: a server tags it so itself, the embedded store only through us.
     assert json.loads(source["tags"]["mlflow.modelVersions"]) == [{"name": "mnist_to_digits.source", "version": 1}]
     assert served["store"]["models"]["mnist_to_digits.source/1"]["run"] == "run:mnist_to_digits/pretrain s0"
-    ckpt = served["tmp"] / "artifacts" / "mnist_to_digits" / "source" / "model.pt"
+    ckpt = served["tmp"] / "artifacts" / "mnist_to_digits" / "sources" / "source" / "model.pt"
     path = Tracker("mnist_to_digits", served["url"]).model_file("models:/mnist_to_digits.source/1", served["tmp"] / "download")
     got, want = torch.load(path, weights_only=False)["state_dict"], torch.load(ckpt, weights_only=False)["state_dict"]
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
