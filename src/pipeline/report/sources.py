@@ -155,7 +155,9 @@ def verdict(found: Mapping[str, dict], baselines: list[str], best: str | None) -
         return ["Too few candidates to rank."]
     reliable = [s for s, a in found.items() if a["low"] > 0]
     base = max((found[b]["tau"] for b in baselines if b in found), default=float("nan"))
-    better = [s for s in reliable if s not in baselines and found[s]["tau"] > base]
+    n_base = max((found[b]["n"] for b in baselines if b in found), default=0)
+    # τ over fewer candidates (a score without probabilities skips inner blocks) is not comparable.
+    better = [s for s in reliable if s not in baselines and found[s]["n"] == n_base and found[s]["tau"] > base]
     out = f"The probe's best candidate here is `{best}`. "
     out += (
         f"The ranking agrees with the probe's across seeds (τ's interval above 0) for {', '.join(f'`{s}`' for s in reliable)}"
@@ -165,9 +167,9 @@ def verdict(found: Mapping[str, dict], baselines: list[str], best: str | None) -
     if not np.isnan(base):
         out += (
             f"; of them, {', '.join(f'`{s}`' for s in better)} ha{'s' if len(better) == 1 else 've'} a higher τ"
-            f" than the best naive baseline ({base:+.2f})."
+            f" than the best naive baseline ({base:+.2f}, over the same {n_base} candidates)."
             if better
-            else f"; none of them has a higher τ than the best naive baseline ({base:+.2f})."
+            else f"; none of them has a higher τ than the best naive baseline over the same {n_base} candidates ({base:+.2f})."
         )
     return [out]
 
