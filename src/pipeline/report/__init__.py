@@ -8,6 +8,23 @@ import numpy as np
 import pandas as pd
 
 
+def failed_runs(n: int, consequence: str, columns: list[str], rows: list[list]) -> list[str]:
+    """Markdown lines of a report's "Failed runs" section: how many, what a failed run does to the
+    tables (`consequence`), and one row each; none without failed runs."""
+    if not n:
+        return []
+    return [
+        "",
+        "## Failed runs",
+        "",
+        f"{n} runs failed; each MLflow run ended FAILED with the reason in its `failure` tag. A failed run is never scored: {consequence}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(map(str, row)) + " |" for row in rows),
+    ]
+
+
 def spread(values: pd.Series) -> float:
     """Sample standard deviation (ddof=1); 0 for a single value."""
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0

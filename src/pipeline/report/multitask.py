@@ -423,23 +423,23 @@ def render(t: MultitaskReport, archs: DictConfig, histories_fig: str, results_fi
 
 def failed_section(t: MultitaskReport) -> list[str]:
     """Markdown lines: the failed runs, each with what became of its method's seed and why it failed."""
-    if not t.failed:
-        return []
-    lines = [
-        "",
-        "## Failed runs",
-        "",
-        f"{len(t.failed)} runs failed; each MLflow run ended FAILED with the reason in its `failure` tag. A failed run is"
-        " never scored: its seed is left out of its method's Δm and tables, and Δm pairs a method with the baseline only at"
-        " seeds where both runs finished (a failed coupling candidate is not chosen).",
-        "",
-        "| method | seed | the result | why | MLflow run |",
-        "|---|---|---|---|---|",
+    from pipeline.report import failed_runs
+
+    rows = [
+        [
+            f["method"],
+            f["seed"],
+            "no result at this seed" if f["lost"] else "another candidate chosen",
+            f["why"].split(": ", 1)[-1],
+            f"`{f['run_id']}`",
+        ]
+        for f in sorted(t.failed, key=lambda f: (f["method"], f["seed"]))
     ]
-    for f in sorted(t.failed, key=lambda f: (f["method"], f["seed"])):
-        result = "no result at this seed" if f["lost"] else "another candidate chosen"
-        lines.append(f"| {f['method']} | {f['seed']} | {result} | {f['why'].split(': ', 1)[-1]} | `{f['run_id']}` |")
-    return lines
+    consequence = (
+        "its seed is left out of its method's Δm and tables, and Δm pairs a method with the baseline only at"
+        " seeds where both runs finished (a failed coupling candidate is not chosen)."
+    )
+    return failed_runs(len(t.failed), consequence, ["method", "seed", "the result", "why", "MLflow run"], rows)
 
 
 _BASIS = {"delta_m_rows": "Δm over test rows", "delta_m": "Δm per-task mean"}

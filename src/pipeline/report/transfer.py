@@ -394,24 +394,19 @@ def render(t: TransferReport, figure: str, mlflow_uri: str) -> str:
 
 def failed_section(t: TransferReport) -> list[str]:
     """Markdown lines: the failed runs, each with what became of its cell and why it failed."""
-    if not t.failed:
-        return []
-    lines = [
-        "",
-        "## Failed runs",
-        "",
-        f"{len(t.failed)} runs failed; each MLflow run ended FAILED with the reason in its `failure` tag. A failed run is"
-        " never scored: its seed is left out of the cell's mean (marked † with the seeds it averages) and of every gain"
-        " paired with it (a gain pairs only seeds where both runs finished); a failed tuning trial is not chosen.",
-        "",
-        "| strategy | k | seed | trial | the cell | why | MLflow run |",
-        "|---|---|---|---|---|---|---|",
+    from pipeline.report import failed_runs
+
+    rows = [
+        # The message names the run; the columns do here.
+        [f["strategy"], f["budget"], f["seed"], f"t{f['trial']}", "no result at this seed" if f["lost"] else f"trial t{f['chosen']} chosen instead"]
+        + [f["why"].split(": ", 1)[-1], f"`{f['run_id']}`"]
+        for f in sorted(t.failed, key=lambda f: (f["strategy"], f["budget"], f["seed"], f["trial"]))
     ]
-    for f in sorted(t.failed, key=lambda f: (f["strategy"], f["budget"], f["seed"], f["trial"])):
-        cell = "no result at this seed" if f["lost"] else f"trial t{f['chosen']} chosen instead"
-        why = f["why"].split(": ", 1)[-1]  # the message names the run; the columns do here
-        lines.append(f"| {f['strategy']} | {f['budget']} | {f['seed']} | t{f['trial']} | {cell} | {why} | `{f['run_id']}` |")
-    return lines
+    consequence = (
+        "its seed is left out of the cell's mean (marked † with the seeds it averages) and of every gain"
+        " paired with it (a gain pairs only seeds where both runs finished); a failed tuning trial is not chosen."
+    )
+    return failed_runs(len(t.failed), consequence, ["strategy", "k", "seed", "trial", "the cell", "why", "MLflow run"], rows)
 
 
 def transferability(knowledge: Mapping, budgets: Sequence[int]) -> list[str]:
