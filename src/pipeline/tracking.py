@@ -274,6 +274,26 @@ def log_inputs(client, run_id: str, datasets, models) -> None:
         client.log_inputs(run_id, datasets=datasets, models=models)
 
 
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the block. MLflow's SQL model registry resolves a
+    version's `models:/<model_id>` source with a new `MlflowClient()`, on the global URI, not the calling
+    client's (its own TODO in `SqlAlchemyStore.create_model_version`): a store other than the default
+    would be searched in the wrong database. `mlflow.set_tracking_uri` mirrors itself into the
+    environment, so the environment as it was is what is restored."""
+    import mlflow
+
+    if mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset, as it was
+
+
 class Tracker:
     """Thin layer over `MlflowClient` for one scenario (= one MLflow experiment)."""
 
@@ -367,23 +387,24 @@ class Tracker:
         self.client.finalize_logged_model(model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
-    def model_file(self, spec: str, dst: str | Path) -> Path:
+    def model_file(self, spec: str, dst: str | Path, key: str = "source_model") -> Path:
         """The checkpoint file of the registered model version `spec` (`models:/<name>/<version>`),
-        downloaded under `dst`; a name or version the registry does not hold is an error naming both."""
+        downloaded under `dst` (a `.pt` checkpoint or TorchScript file); a name or version the registry
+        does not hold is an error naming `key` (the config key that gave it), the URI and the store."""
         import mlflow
         from mlflow.exceptions import MlflowException
 
         parts = spec.removeprefix("models:/").split("/")
         if len(parts) != 2 or not all(parts):
-            raise PipelineError(f"source_model {spec}: expected models:/<name>/<version>")
+            raise PipelineError(f"{key} {spec}: expected models:/<name>/<version>")
         try:
             uri = self.client.get_model_version_download_uri(*parts)
             local = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=self.uri, dst_path=str(dst)))
         except MlflowException as exc:
-            raise PipelineError(f"source_model {spec}: not found in the model registry at {self.uri} ({exc.message.splitlines()[0]})") from None
+            raise PipelineError(f"{key} {spec}: not found in the model registry at {self.uri} ({exc.message.splitlines()[0]})") from None
         files = [local] if local.is_file() else sorted(local.rglob("*.pt"))
         if not files:
-            raise PipelineError(f"source_model {spec}: the registered model has no .pt checkpoint file")
+            raise PipelineError(f"{key} {spec}: the registered model has no .pt checkpoint file")
         return files[0]
 
     def register(self, name: str, model_id: str, run_id: str, tags: Mapping[str, str] | None = None) -> str:
@@ -397,7 +418,8 @@ class Tracker:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered before, or by a concurrent run: fine
                 raise
-        version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=dict(tags or {}), model_id=model_id)
+        with global_tracking_uri(self.uri):
+            version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=dict(tags or {}), model_id=model_id)
         self.link_version(model_id, name, int(version.version))
         return str(version.version)
 
