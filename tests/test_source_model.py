@@ -122,5 +122,5 @@ def test_a_bad_source_model_stops_pretrain_naming_it_and_writes_nothing(pipeline
     spec = _bad(tmp_path, fixture_checkpoint(pipeline_run), case)
     with pytest.raises(PipelineError, match=message):
         chain(tmp_path, pipeline_run, spec, stages=("pretrain",))
-    assert not (tmp_path / "artifacts" / EXP / "source").exists()
+    assert not (tmp_path / "artifacts" / EXP / "sources" / "source").exists()
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()

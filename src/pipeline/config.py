@@ -158,6 +158,9 @@ class CandidateConfig:
     data: dict[str, Any] | None = None  # keys merged onto the experiment's `source` data (a `_target_` replaces it)
     model: dict[str, Any] | None = None  # keys merged onto `model` (a `_target_` replaces it)
     pretrained: bool = True  # false: the architecture at its seeded random initialisation (the floor)
+    # A user's own model instead of training: a checkpoint file ({arch, state_dict}, or TorchScript) or
+    # models:/<name>/<version> from the MLflow Model Registry; pretrain adopts it (`pretrain.adopt`).
+    source_model: str | None = None
 
 
 # The experiment's own source: a reserved candidate name (its model is `pretrain@<experiment>`'s).
@@ -176,6 +179,10 @@ def candidates(cfg: DictConfig, name: str) -> dict[str, CandidateConfig]:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(cand)) or cand == OWN_SOURCE:
             raise PipelineError(f"{where}: a candidate's name is letters, digits and _ (it names a folder and a DVC stage), not {OWN_SOURCE!r}")
         c = OmegaConf.to_object(_merge(CandidateConfig, node, where))
+        if c.source_model is not None:
+            clash = [k for k in ("data", "model") if getattr(c, k)] + (["pretrained"] if not c.pretrained else [])
+            if clash:
+                raise PipelineError(f"{where}: source_model {c.source_model} is a model already trained; {where}.{clash[0]} does not apply to it")
         # A candidate of an experiment left out of the study is not this stage's business: its own
         # stage (candidate@<name>, exp=<its exp>) stops with the unknown experiment named.
         if c.exp == name:

@@ -30,10 +30,62 @@ class MLP(nn.Module):
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not `features(x)`: torch.jit.script compiles forward, and cannot slice a ModuleList by a variable.
         x = x.flatten(1)
         for block in self.blocks:
             x = block(x)
         return x
+
+    def features(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """The output after the first `depth` blocks (None: all of them, the backbone's output), flat."""
+        x = x.flatten(1)
+        for block in self.blocks[:depth]:
+            x = block(x)
+        return x
+
+
+class LeNet(nn.Module):
+    """LeNet-5 for small grey images: conv 6@5x5 (pad 2) -> ReLU -> maxpool 2 -> conv 16@5x5 -> ReLU ->
+    maxpool 2 -> Linear 120 -> ReLU -> Linear 84 -> ReLU, dropout after each Linear; `out_dim` = 84.
+
+    Rows arrive flat (the task set's inputs), `image` = [channels, height, width] restores their shape.
+    The four stages are `blocks`, as MLP's, so extract's layer views and `features(x, depth)` work alike.
+    """
+
+    def __init__(self, input_dim: int, image: Sequence[int] = (1, 28, 28), dropout: float = 0.0) -> None:
+        super().__init__()
+        self.image = tuple(int(v) for v in image)
+        if len(self.image) != 3 or int(input_dim) != self.image[0] * self.image[1] * self.image[2]:
+            raise PipelineError(
+                f"LeNet: inputs of size {int(input_dim)} are not images of shape {list(self.image)} (channels, height, width);"
+                " set model.image to the data's shape"
+            )
+        c, h, w = self.image
+        side = [((s // 2) - 4) // 2 for s in (h, w)]  # after conv(pad 2), pool, conv (no pad), pool
+        if min(side) < 1:
+            raise PipelineError(f"LeNet: images of shape {list(self.image)} are too small for two 5x5 convolutions and two 2x2 poolings")
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
+                nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()),
+                nn.Sequential(nn.Linear(16 * side[0] * side[1], 120), nn.ReLU(), nn.Dropout(dropout)),
+                nn.Sequential(nn.Linear(120, 84), nn.ReLU(), nn.Dropout(dropout)),
+            ]
+        )
+        self.out_dim = 84
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, self.image[0], self.image[1], self.image[2])
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def features(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """The output after the first `depth` blocks (None: all of them, the backbone's output), flat."""
+        x = x.reshape(-1, *self.image)
+        for block in self.blocks[:depth]:
+            x = block(x)
+        return x.flatten(1)
 
 
 class Block(nn.Module):
@@ -76,7 +128,7 @@ def save_checkpoint(path: str | Path, model: Net, arch: Mapping[str, Any], extra
     from pipeline.io import atomic_file
 
     with atomic_file(path, "wb") as fh:
-        torch.save({"arch": dict(arch), "state_dict": model.state_dict(), **extra}, fh)
+        torch.save({"arch": None if arch is None else dict(arch), "state_dict": model.state_dict(), **extra}, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -119,17 +171,23 @@ def layer_names(param_names) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in param_names})
 
 
-def load_user_model(spec: str, fetch=None) -> dict:
+def load_user_model(spec: str, fetch=None, key: str = "source_model") -> dict:
     """A user's source model, `spec` a checkpoint file or `models:/<name>/<version>` (`fetch(spec)` gives
-    the registry's file): {"arch": ..., "state_dict": ...}, loaded with `weights_only=True` (a file from
-    elsewhere runs no code) and checked to build and load strictly. Anything else is an error naming
-    the file and what it lacks."""
+    the registry's file), `key` the config key that named it (for messages): {"arch", "state_dict", "net",
+    ...}. A state-dict checkpoint is loaded with `weights_only=True` (a file from elsewhere runs no code)
+    and checked to build and load strictly. A TorchScript file (`torch.jit.save`) is accepted when it has
+    `backbone` and `head` submodules (features = backbone(x), outputs = head(features)); with its
+    architecture in the extra file `arch.json` it is rebuilt as an ordinary checkpoint, without one it
+    is kept scripted ({"arch": None, "net": the ScriptModule}): scored by extract, but not rebuilt for
+    fine-tuning. Anything else is an error naming the file and what it lacks."""
     import pickle
 
     path = Path(fetch(spec)) if spec.startswith("models:/") else Path(spec)
-    where = f"source_model {spec}" + (f" ({path})" if spec.startswith("models:/") else "")
+    where = f"{key} {spec}" + (f" ({path})" if spec.startswith("models:/") else "")
     if not path.is_file():
         raise PipelineError(f"{where}: no such file; give a checkpoint path (relative to the repository) or models:/<name>/<version>")
+    if is_torchscript(path):
+        return load_torchscript(path, where)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
@@ -139,11 +197,66 @@ def load_user_model(spec: str, fetch=None) -> dict:
         got = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise PipelineError(
             f"{where}: a source checkpoint is a dict with `arch` (the architecture, as pretrain saves it) and `state_dict`; got {got}."
-            " Save one with torch.save({'arch': {'backbone': {...}, 'n_outputs': C}, 'state_dict': net.state_dict()}, path)"
+            " Save one with torch.save({'arch': {'backbone': {...}, 'n_outputs': C}, 'state_dict': net.state_dict()}, path), or a TorchScript file"
         )
-    net = build(ckpt["arch"])
+    return {**ckpt, "net": strict(ckpt["arch"], ckpt["state_dict"], where)}
+
+
+def strict(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str) -> Net:
+    """The network `arch` describes with `state` loaded, every key and shape matching."""
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("backbone"), Mapping) or "n_outputs" not in arch:
+        raise PipelineError(f"{where}: its arch is not {{'backbone': {{'_target_': ..., 'input_dim': ...}}, 'n_outputs': C}}; got {arch!r:.200}")
+    net = build(arch)
     try:
-        net.load_state_dict(ckpt["state_dict"])
+        net.load_state_dict(state)
     except RuntimeError as exc:
         raise PipelineError(f"{where}: its state_dict does not fit its arch: {str(exc).splitlines()[1].strip()}") from None
-    return {**ckpt, "net": net}
+    return net
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (torch's own test: a zip holding constants.pkl)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def load_torchscript(path: Path, where: str) -> dict:
+    """A TorchScript source model (see `load_user_model`)."""
+    import json
+
+    extra = {"arch.json": ""}
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as exc:
+        raise PipelineError(f"{where}: torch.jit.load cannot read it ({str(exc).strip().splitlines()[0]})") from None
+    missing = [m for m in ("backbone", "head") if not isinstance(getattr(scripted, m, None), torch.jit.ScriptModule)]
+    if missing:
+        raise PipelineError(
+            f"{where}: a TorchScript source model has submodules `backbone` (inputs -> features) and `head` (features -> outputs); it lacks {missing}"
+        )
+    state = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
+    if extra["arch.json"]:
+        try:
+            arch = json.loads(extra["arch.json"])
+        except ValueError as exc:
+            raise PipelineError(f"{where}: its extra file arch.json is not JSON ({exc})") from None
+        return {"arch": arch, "state_dict": state, "net": strict(arch, state, where), "torchscript": True}
+    scripted.eval()
+    return {"arch": None, "state_dict": state, "net": scripted, "torchscript": True}
+
+
+def load_source(folder: str | Path) -> tuple[dict, nn.Module]:
+    """A pretrain output folder's checkpoint and its network, in eval mode: rebuilt from its arch, or the
+    TorchScript module kept beside it (`scripted.pt`) when a user's scripted model came without one."""
+    folder = Path(folder)
+    ckpt = load_checkpoint(folder / "model.pt")
+    if ckpt.get("arch") is None:
+        net = torch.jit.load(str(folder / "scripted.pt"), map_location="cpu")
+    else:
+        net = build(ckpt["arch"])
+        net.load_state_dict(ckpt["state_dict"])
+    return ckpt, net.eval()

@@ -82,10 +82,12 @@ def by_budget(records: list[dict]) -> dict[str, dict[int, float]]:
 def views(net, name: str, layers: bool) -> list[tuple[str, int | None]]:
     """(candidate name, depth) of what is scored from one network: its last features (depth None) and,
     with `layers`, the output of each hidden block but the last (`<name>:block<i>`); a backbone without
-    `blocks` (a user's own module) gives its last features only."""
+    `blocks` and `features(x, depth)` (a user's TorchScript module) gives its last features only."""
+    import torch
+
     blocks = getattr(net.backbone, "blocks", None)
-    depths = range(1, len(blocks)) if layers and blocks is not None else []
-    return [(name, None), *((f"{name}:block{i}", i) for i in depths)]
+    inner = layers and blocks is not None and not isinstance(net, torch.jit.ScriptModule)
+    return [(name, None), *((f"{name}:block{i}", i) for i in (range(1, len(blocks)) if inner else []))]
 
 
 def outputs(net, x, depth: int | None, classification: bool):
@@ -99,13 +101,7 @@ def outputs(net, x, depth: int | None, classification: bool):
             feats = torch.cat([net.backbone(c) for c in chunks])
             out = net.head(feats)
             return feats.numpy(), (out.softmax(-1) if classification else out).numpy()
-        feats = []
-        for c in chunks:
-            h = c.flatten(1)
-            for block in net.backbone.blocks[:depth]:
-                h = block(h)
-            feats.append(h)
-        return torch.cat(feats).numpy(), None
+        return torch.cat([net.backbone.features(c, depth) for c in chunks]).numpy(), None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -132,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet, TaskSpec
     from pipeline.io import atomic_dir, read_json, write_json
-    from pipeline.models import build, load_checkpoint
+    from pipeline.models import load_source
     from pipeline.tracking import Tracker
 
     paths = layout(cfg, name)
@@ -149,12 +145,9 @@ def run(cfg: DictConfig) -> dict:
     arrays: dict[str, dict] = {}
     for cand in [OWN_SOURCE, *zoo]:
         folder = paths.source if cand == OWN_SOURCE else paths.candidate(cand)
-        ckpt = load_checkpoint(folder / "model.pt")
+        ckpt, net = load_source(folder)
         read_json(folder / "summary.json", "pretrain summary")
         src_task = TaskSpec(**ckpt["task"])
-        net = build(ckpt["arch"])
-        net.load_state_dict(ckpt["state_dict"])
-        net.eval()
         for view, depth in views(net, cand, layers):
             feats, probs = outputs(net, tgt.x, depth, src_task.kind == "classification")
             inputs = {"features": feats, "probs": probs if src_task.kind == "classification" else None}

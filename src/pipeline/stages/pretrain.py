@@ -1,9 +1,10 @@
 """pretrain: backbone + head trained on the source task; the checkpoint keeps its architecture.
 
 An experiment's `source_model` (a checkpoint file, or `models:/<name>/<version>` from the MLflow Model
-Registry) replaces the training: that model, checked, is this experiment's source (`adopt`). Either
-way the source becomes a LoggedModel of the pretrain run and a new version of the registered model
-`<experiment>.source`.
+Registry) replaces the training: that model, checked, is this experiment's source (`adopt`); a candidate's
+`source_model` (`sources.<name>.source_model`) does the same for that candidate. Either way the source
+becomes a LoggedModel of the pretrain run and a new version of the registered model `<experiment>.source`
+(a candidate's: `<experiment>.<candidate>`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def run(cfg: DictConfig) -> dict:
     src = TaskSet.load(paths.data / "source")
     seed = pre.seed
     tracker = Tracker(name, cfg.tracking.uri)
+    if cand is not None and cand.source_model:
+        return adopt(cand.source_model, name, src, TaskSet.load(paths.data / "target"), tracker, paths, candidate=cand_name, note=cand.note)
     if exp.get("source_model") and cand is None:
         return adopt(str(exp.source_model), name, src, TaskSet.load(paths.data / "target"), tracker, paths)
     model_cfg, source_cfg = cfg.model, exp.source
@@ -100,7 +103,7 @@ def run(cfg: DictConfig) -> dict:
             tracker.log_recorded(run_id, result.logged)
         seconds = time.perf_counter() - start
         at_cap = result is not None and best_epoch_at_cap(result.best_epoch, pre.max_epochs, trainer_cfg.val_every_n_epochs)
-        test = result.test if result is not None else untrained_test(net, task, src)
+        test = result.test if result is not None else source_test(net, task, src)
         tracker.log_metrics(
             run_id,
             {"fit/seconds": seconds, **test, **({"fit/best_epoch": result.best_epoch, "fit/best_epoch_at_cap": float(at_cap)} if result else {})},
@@ -160,8 +163,9 @@ def overlay(base, keys):
     return OmegaConf.create(keys) if "_target_" in keys else OmegaConf.merge(base, keys)
 
 
-def untrained_test(net, task, src) -> dict:
-    """An untrained network's metrics on the source test split (the random candidate's floor)."""
+def source_test(net, task, src) -> dict:
+    """A network's metrics on the source test split, as it is (an untrained candidate's floor, a user's
+    model): {"test/<metric>": value}."""
     import torch
 
     from pipeline.training import task_metrics
@@ -182,57 +186,87 @@ def publish(
     from pipeline.models import save_checkpoint
 
     origin = {"loaded_from": loaded_from} if loaded_from else {}
-    model_id = tracker.create_model(run_id, "source_model", params={"arch": arch}, tags={"data_hash": data_hash, "task": task.name, **origin})
+    model_id = tracker.create_model(
+        run_id,
+        "source_model",
+        params={"arch": arch if arch is not None else "torchscript"},
+        tags={"data_hash": data_hash, "task": task.name, **origin},
+    )
     summary["model_id"] = model_id
     with atomic_dir(out) as tmp:
-        save_checkpoint(tmp / "model.pt", net, arch, {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": data_hash, **origin})
+        extra = {"run_id": run_id, "model_id": model_id, "task": asdict(task), "data_hash": data_hash, **origin}
+        if arch is None:  # a user's TorchScript model without its architecture: kept scripted (models.load_source)
+            import torch
+
+            torch.jit.save(net, str(tmp / "scripted.pt"))
+        save_checkpoint(tmp / "model.pt", net, arch, extra)
         write_json(tmp / "summary.json", summary)
-    tracker.model_ready(run_id, model_id, out / "model.pt")
+    # The registered file is what `models:/` gives a later user: the TorchScript file itself where there is no arch.
+    tracker.model_ready(run_id, model_id, out / ("scripted.pt" if arch is None else "model.pt"))
     return tracker.register(registered or f"{name}.source", model_id, run_id, {"data_hash": data_hash, "experiment": name, **origin})
 
 
-def adopt(spec: str, name: str, src, tgt, tracker, paths) -> dict:
-    """The user's model `spec` as this experiment's source: loaded safely and checked against the
-    target's input size, tested on the source split when it predicts the source's task, logged and
-    registered as a trained source would be. Its own task comes from its checkpoint when it carries one."""
+def adopt(spec: str, name: str, src, tgt, tracker, paths, candidate: str | None = None, note: str = "") -> dict:
+    """The user's model `spec` as this experiment's source, or as its candidate source `candidate`
+    (`sources.<candidate>.source_model`): loaded safely and checked against the target's input size,
+    tested on the source split when it predicts the source's task, logged and registered (`<name>.source`
+    or `<name>.<candidate>`) as a trained source would be. Its own task comes from its checkpoint when it
+    carries one. Nothing is written before every check has passed."""
     import tempfile
-    import time
 
     import torch
 
     from pipeline.data import TaskSpec
-    from pipeline.errors import PipelineError
     from pipeline.models import load_user_model
-    from pipeline.training import task_metrics
 
+    key = f"sources.{candidate}.source_model" if candidate else "source_model"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="source-model-") as tmp:
-        ckpt = load_user_model(spec, fetch=lambda s: tracker.model_file(s, tmp))
+        ckpt = load_user_model(spec, fetch=lambda s: tracker.model_file(s, tmp, key), key=key)
     net, arch = ckpt["net"], ckpt["arch"]
-    takes, has = arch["backbone"].get("input_dim"), tgt.x.shape[1]
+    has = tgt.x.shape[1]
+    if arch is None:
+        if candidate is None:
+            raise PipelineError(
+                f"{key} {spec}: a TorchScript model without its architecture (extra file arch.json) can be a candidate source"
+                " (sources.<name>.source_model: scored by extract) but not the experiment's own source, which fine-tuning rebuilds from"
+                " its arch; save it with torch.jit.save(m, path, _extra_files={'arch.json': json.dumps(arch)}) or as {arch, state_dict}"
+            )
+        try:  # its input size is not written anywhere: one target row through it says whether it fits
+            with torch.inference_mode():
+                n_outputs = int(net.head(net.backbone(torch.as_tensor(tgt.x[:1]))).shape[1])
+        except RuntimeError as exc:
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise PipelineError(f"{key} {spec}: the TorchScript model does not take the target's rows of {has} features ({first:.200})") from None
+        takes = has
+    else:
+        takes, n_outputs = arch["backbone"].get("input_dim"), int(arch["n_outputs"])
     if takes != has:
-        raise PipelineError(
-            f"source_model {spec}: the model takes inputs of size {takes}, the target's rows have {has} features ({paths.data / 'target'})"
-        )
+        raise PipelineError(f"{key} {spec}: the model takes inputs of size {takes}, the target's rows have {has} features ({paths.data / 'target'})")
     own = src.tasks[0]
-    matches = src.x.shape[1] == takes and own.n_outputs == arch["n_outputs"]
+    matches = src.x.shape[1] == takes and own.n_outputs == n_outputs
     if "task" in ckpt:
         task = TaskSpec(**ckpt["task"])
     else:  # a checkpoint from elsewhere: the experiment's source task if the model fits it, else unnamed classes
-        task = own if matches else TaskSpec("source", "classification", [str(i) for i in range(int(arch["n_outputs"]))])
-    test = {}
-    if matches and task.kind == own.kind:
-        net.eval()
-        with torch.inference_mode():
-            x, y = (torch.as_tensor(a[src.splits["test"]]) for a in (src.x, src.y[:, 0]))
-            test = {f"test/{k}": float(v) for k, v in task_metrics(own, net(x), y).items()}
-    with tracker.run("pretrain", data_hash=src.data_hash, params={"source_model": spec, "arch": arch}, tags={"source_model": spec}) as run_id:
+        task = own if matches else TaskSpec("source", "classification", [str(i) for i in range(n_outputs)])
+    test = source_test(net, own, src) if matches and task.kind == own.kind else {}
+    tags = {"source_model": spec, "source": candidate or "source"}
+    params = {"source_model": spec, "arch": arch if arch is not None else "torchscript"}
+    variant = {"variant": candidate} if candidate else {}
+    registered = f"{name}.{candidate or 'source'}"
+    with tracker.run("pretrain", data_hash=src.data_hash, params=params, tags=tags, **variant) as run_id:
         tracker.log_metrics(run_id, test)
         summary = {"run_id": run_id, "task": asdict(task), "data_hash": src.data_hash, "test": test, "loaded_from": spec}
+        if candidate:
+            summary["candidate"] = {"name": candidate, "note": note, "pretrained": True, "source_model": spec}
+        if arch is None:
+            summary["torchscript"] = "scripted.pt"  # no arch: extract scores it, fine-tuning cannot rebuild it
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, paths.source, loaded_from=spec)
+        out = paths.candidate(candidate) if candidate else paths.source
+        version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, out, loaded_from=spec, registered=registered)
     tested = ", ".join(f"{k}={v:.4f}" for k, v in test.items()) or "not tested (it predicts another task than the source data's)"
-    print(f"pretrain {name}: source model loaded from {spec}, {tested}; run {run_id}; registered as models:/{name}.source/{version}")
+    what = f"candidate {candidate}" if candidate else "source model"
+    print(f"pretrain {name}: {what} loaded from {spec}, {tested}; run {run_id}; registered as models:/{registered}/{version}")
     return summary
 
 
