@@ -111,7 +111,15 @@ def test_workers_train_without_progress_bars_and_each_run_says_how_it_ended(work
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     settings = TrainerConfig(
-        accelerator="cpu", num_threads=1, workers=workers, progress_bar=True, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+        accelerator="cpu",
+        devices=1,
+        strategy=None,
+        num_threads=1,
+        workers=workers,
+        progress_bar=True,
+        deterministic=False,
+        val_every_n_epochs=1,
+        steps_per_batch=0,
     )
     with jobs(_draws_a_bar, settings, [0, 1], workers) as outs:
         assert list(outs) == [workers == 1] * 2

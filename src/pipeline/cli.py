@@ -6,6 +6,7 @@ Stage modules are imported only when chosen, so `pipeline --help` answers at onc
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 STAGES = ("prepare", "pretrain", "extract", "finetune", "multitask", "report")
@@ -26,12 +27,18 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     stage, rest = argv[0], argv[1:]
+    if stage not in STAGES and os.environ.get("LOCAL_RANK") and os.environ.get("PIPELINE_STAGE") in STAGES:
+        # Lightning's ddp launcher starting another rank (pipeline.training.distributed): it reruns the
+        # command line Hydra saw, overrides only; the stage comes from the environment it inherits.
+        stage, rest = os.environ["PIPELINE_STAGE"], argv
     if stage not in STAGES:
         from pipeline.errors import did_you_mean
 
         print(f"error: unknown stage {stage!r}{did_you_mean(stage, STAGES)}; valid stages: {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
     from pipeline.stages import launch
+
+    os.environ["PIPELINE_STAGE"] = stage
 
     module = importlib.import_module(f"pipeline.stages.{stage}")
     launch(module.run, rest, getattr(module, "objective", None))

@@ -26,6 +26,8 @@ class TrainerConfig:
     """How Lightning runs (conf/trainer/)."""
 
     accelerator: str = MISSING
+    devices: int = MISSING  # processes a run trains on (Lightning DDP); 1 = this one
+    strategy: str | None = MISSING  # Lightning's strategy when devices > 1; null = its default (ddp)
     num_threads: int | None = MISSING  # torch threads; null = torch's default
     workers: int = MISSING  # processes training a stage's independent runs side by side; 0 = one per core
     progress_bar: bool = MISSING

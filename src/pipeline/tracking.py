@@ -189,6 +189,33 @@ def launcher() -> dict[str, str]:
     return {"launcher": "cli"}
 
 
+def machine_tags(accelerator: str = "cpu", devices: int = 1) -> dict[str, str]:
+    """Where a run trained and with what, as tags: `device` (cpu, or the GPU's name), `accelerator` (auto
+    resolved as Lightning resolves it), `devices` (processes or devices it trained on) and `version.<x>`
+    of python, torch, lightning, mlflow and this package. The same config trains on a GPU with
+    `accelerator: auto` and its numbers differ slightly from a CPU run's (dropout draws from the GPU's
+    random stream): these tags tell the two apart."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    if accelerator == "auto":
+        from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+
+        accelerator = _select_auto_accelerator()
+    elif accelerator == "gpu":  # Lightning's alias: Apple's GPU where there is one, else CUDA
+        accelerator = "mps" if torch.backends.mps.is_available() else "cuda"
+    device = torch.cuda.get_device_name(0) if accelerator == "cuda" else accelerator
+    tags = {"device": device, "accelerator": accelerator, "devices": str(devices), "version.python": platform.python_version()}
+    for package in ("torch", "lightning", "mlflow", "pipeline"):
+        try:
+            tags[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            tags[f"version.{package}"] = "not installed"
+    return tags
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in tree.items():
@@ -297,13 +324,16 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
 class Tracker:
     """Thin layer over `MlflowClient` for one scenario (= one MLflow experiment)."""
 
-    def __init__(self, scenario: str, uri: str | None = None, artifact_root: str = "mlartifacts") -> None:
+    def __init__(self, scenario: str, uri: str | None = None, artifact_root: str = "mlartifacts", trainer=None) -> None:
+        """trainer: the stage's trainer settings (conf/trainer/), for its runs' machine tags
+        (`machine_tags`); None: a stage that computes on the CPU."""
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(uri)
         self.scenario = scenario
         self.client = MlflowClient(tracking_uri=self.uri)
         self.launcher = launcher()
+        self.machine = machine_tags(trainer.accelerator, trainer.devices) if trainer is not None else machine_tags()
         self.failed: set[str] = set()  # runs marked failed (`fail`)
         self.experiment_id = experiment_id(self.client, scenario, self.uri, artifact_root)
 
@@ -339,6 +369,7 @@ class Tracker:
             "git_commit": git_commit(),
             "data_hash": data_hash,
             **self.launcher,
+            **self.machine,
         }
         if budget is not None:
             all_tags["budget"] = str(budget)

@@ -13,7 +13,15 @@ from pipeline.training import TaskModule, fit
 from pipeline.training.members import MembersModule, fit_members
 
 SETTINGS = TrainerConfig(
-    accelerator="cpu", num_threads=1, workers=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=4
+    accelerator="cpu",
+    devices=1,
+    strategy=None,
+    num_threads=1,
+    workers=1,
+    progress_bar=False,
+    deterministic=False,
+    val_every_n_epochs=1,
+    steps_per_batch=4,
 )
 RUN = FitConfig(lr=0.03, batch_size=32, max_epochs=30, patience=2, min_steps_per_epoch=1)
 COUPLINGS = [0.0, 0.05, 3.0]

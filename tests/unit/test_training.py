@@ -18,7 +18,15 @@ from pipeline.models import architecture, build
 from pipeline.training import TaskModule, TensorLoader, selection_score, trainer
 
 SETTINGS = TrainerConfig(
-    accelerator="cpu", num_threads=1, workers=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+    accelerator="cpu",
+    devices=1,
+    strategy=None,
+    num_threads=1,
+    workers=1,
+    progress_bar=False,
+    deterministic=False,
+    val_every_n_epochs=1,
+    steps_per_batch=0,
 )
 
 

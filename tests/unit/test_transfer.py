@@ -444,7 +444,15 @@ def _train(plan, max_epochs=3):
     from pipeline.transfer.schedule import train_plan
 
     settings = TrainerConfig(
-        accelerator="cpu", num_threads=1, workers=1, progress_bar=False, deterministic=False, val_every_n_epochs=1, steps_per_batch=0
+        accelerator="cpu",
+        devices=1,
+        strategy=None,
+        num_threads=1,
+        workers=1,
+        progress_bar=False,
+        deterministic=False,
+        val_every_n_epochs=1,
+        steps_per_batch=0,
     )
     run = FitConfig(lr=LR, batch_size=10, max_epochs=max_epochs, patience=max_epochs, min_steps_per_epoch=1)
     module = TaskModule.single(plan.net, TARGET, plan.param_groups, functools.partial(torch.optim.SGD, lr=0.1), plan.extra_loss)

@@ -188,6 +188,15 @@ def train_one(c: dict, job: tuple) -> dict:
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
+def train_beside(context: dict, job_list: list) -> list[dict]:
+    """A DDP follower (pipeline.training.distributed): Lightning's launcher reran this stage with
+    LOCAL_RANK > 0; it trains its share of rank zero's runs, in the same order, and logs and writes
+    nothing (rank zero does)."""
+    for job in job_list:
+        train_one(context, job)
+    return []
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
@@ -203,6 +212,9 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.tracking import check_store
 
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
+    from pipeline.training.distributed import check, follower
+
+    check(trainer_cfg, "finetune", supported=True)
 
     import numpy as np
 
@@ -241,10 +253,12 @@ def run(cfg: DictConfig) -> list[dict]:
     }
     n_trials = int(tcfg.tuning.trials)
     job_list = [(s, k, seed, i) for s in strategy_names for k in budgets for seed in seeds for i in range(len(trials[s]))]
+    if follower(trainer_cfg):
+        return train_beside(context, job_list)
     metric = task.primary
     results, failures = [], []
-    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
-        tracker = Tracker(name, cfg.tracking.uri)
+    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+        tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         # The linear baselines are fitted here while the workers train.
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
         linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
@@ -388,6 +402,8 @@ def objective(results: list[dict]) -> float:
     failed trial to Optuna) when a run had no finite validation score."""
     import math
 
+    if not results:  # a DDP follower's (train_beside): rank zero's process returns the objective
+        return float("nan")
     scores = [r["cv"] if r.get("cv") is not None else r.get("best_val") for r in results if not r.get("classic")]
     if not scores:
         raise PipelineError("a sweep of the finetune stage optimises the validation score of a network strategy: select one with strategy=")

@@ -216,6 +216,9 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.tracking import check_store
 
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
+    from pipeline.training.distributed import check
+
+    check(trainer_cfg, "multitask")
 
     import torch
 
@@ -244,8 +247,8 @@ def run(cfg: DictConfig) -> list[dict]:
     job_list = [job for key, archs in groups for job in ([(*key, archs)] if batched[key] else [(*key, arch) for arch in archs])]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
     results, skipped, failures = [], None, []
-    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
-        tracker = Tracker(name, cfg.tracking.uri)
+    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+        tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         if classic_wanted:
             # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
             # the neural runs they are compared with.

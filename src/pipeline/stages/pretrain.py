@@ -52,6 +52,9 @@ def run(cfg: DictConfig) -> dict:
     from pipeline.tracking import check_store
 
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
+    from pipeline.training.distributed import check
+
+    check(trainer_cfg, "pretrain")
 
     import torch
 
@@ -63,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     paths = layout(cfg, name)
     src = TaskSet.load(paths.data / "source")
     seed = pre.seed
-    tracker = Tracker(name, cfg.tracking.uri)
+    tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
     if cand is not None and cand.source_model:
         return adopt(cand.source_model, name, src, TaskSet.load(paths.data / "target"), tracker, paths, candidate=cand_name, note=cand.note)
     if exp.get("source_model") and cand is None:

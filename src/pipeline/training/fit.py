@@ -156,7 +156,8 @@ def trainer(
     return L.Trainer(
         max_epochs=int(max_epochs),
         accelerator=settings.accelerator,
-        devices=1,
+        devices=int(settings.devices),  # > 1: Lightning DDP, see pipeline.training.distributed
+        strategy=settings.strategy or "auto",
         logger=logger if logger is not None else False,
         callbacks=[*callbacks, *([EpochBar()] if bar and not own_bar else [])],
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
@@ -167,6 +168,14 @@ def trainer(
         log_every_n_steps=1_000_000,  # epoch-level metrics only, see TaskModule.training_step
         deterministic=bool(settings.deterministic),
     )
+
+
+def kept(tr: L.Trainer, store: _MemoryCheckpointIO, path: str) -> dict:
+    """The kept epoch's checkpoint. Under DDP only rank zero saves checkpoints: it sends its copy to the
+    other ranks, which then test the same weights (and keep calling the same collectives as it)."""
+    if tr.world_size == 1:
+        return store.load_checkpoint(path)
+    return tr.strategy.broadcast(store.load_checkpoint(path) if tr.is_global_zero else None)
 
 
 def fit(
@@ -190,7 +199,6 @@ def fit(
     L.seed_everything(seed, workers=False, verbose=False)
     x, y = data["train"]
     module.dense_labels = not bool(torch.isnan(y).any())  # checked once here rather than per step
-    train = TensorLoader(x, y, run.batch_size, shuffle=True, seed=seed, min_batches=run.min_steps_per_epoch, steps_per_batch=settings.steps_per_batch)
     whole = lambda split: TensorLoader(*data[split], batch_size=len(data[split][0]), shuffle=False)  # noqa: E731
     # Validation every epoch runs inside the module's epoch-end hook (TaskModule._validate), without
     # Lightning's evaluation loop; checkpointing and early stopping act on the training epoch's end.
@@ -202,6 +210,18 @@ def fit(
         stop = EarlyStopping(monitor=monitor, mode=mode, patience=run.patience, check_on_train_epoch_end=True)
         recorder = Recorder()
         tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks])
+        # Under DDP each process takes its share of every minibatch (rank, world).
+        train = TensorLoader(
+            x,
+            y,
+            run.batch_size,
+            shuffle=True,
+            seed=seed,
+            min_batches=run.min_steps_per_epoch,
+            steps_per_batch=settings.steps_per_batch,
+            rank=tr.global_rank,
+            world=tr.world_size,
+        )
         store = tr.strategy.checkpoint_io = _MemoryCheckpointIO()
         try:
             if own_validation:
@@ -215,7 +235,7 @@ def fit(
         except Diverged as exc:  # the history up to the divergence, for the failed run's MLflow log
             exc.logged = recorder.metrics
             raise
-        best = store.load_checkpoint(ckpt.best_model_path)
+        best = kept(tr, store, ckpt.best_model_path)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best.get("epoch", tr.current_epoch))
         tr.test(module, whole("test"), verbose=False)

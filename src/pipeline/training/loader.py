@@ -16,10 +16,22 @@ class TensorLoader:
     (x, y) pairs, one optimizer step each): Lightning's per-batch hooks and bookkeeping, which cost
     more than a small model's step, are then paid once per group while the optimisation itself is
     unchanged (same minibatches, same order, one update per minibatch).
+    `rank` of `world` > 1 processes (Lightning DDP): every process draws the same order and takes every
+    world-th row of each minibatch from its rank on, so together they hold the single-process minibatch
+    and the mean of their gradients is its gradient (a minibatch smaller than `world` goes whole to each).
     """
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, min_batches: int = 1, steps_per_batch: int = 0
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        min_batches: int = 1,
+        steps_per_batch: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.x, self.y = x, y
         self.batch_size = min(int(batch_size), len(x)) if shuffle else int(batch_size)
@@ -28,6 +40,7 @@ class TensorLoader:
         self.passes = max(1, math.ceil(min_batches / self.per_pass)) if shuffle else 1
         self.group = int(steps_per_batch)
         self.gen = torch.Generator().manual_seed(seed)
+        self.rank, self.world = int(rank), int(world)
 
     def steps(self) -> int:
         return self.per_pass * self.passes
@@ -41,6 +54,8 @@ class TensorLoader:
             order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
+                if self.world > 1 and len(idx) >= self.world:
+                    idx = idx[self.rank :: self.world]
                 yield self.x[idx], self.y[idx]
 
     def __iter__(self):

@@ -224,11 +224,14 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         # A batch is one (x, y) minibatch, or a group of them from TensorLoader(steps_per_batch=k).
         opt, progress = self._stepper()
+        several = self.trainer.world_size > 1  # DDP: this process holds its share of each minibatch
         for x, y in batch if isinstance(batch, list) else [batch]:
             if self._probe is None and self.log_gradient_cosine:
                 self._probe = (x, y)
             opt.zero_grad(set_to_none=True)
             losses, weights = backward_step(self.net, self.tasks, self.weighting, x, self.labels(y), self.dense_labels)
+            if several:
+                self.average_gradients()
             if progress is None:
                 opt.step()
             else:
@@ -238,6 +241,21 @@ class TaskModule(L.LightningModule):
             # Summed on-device and logged per epoch: a per-step self.log costs more than the step.
             self._losses.append(torch.stack(losses).detach() if len(losses) > 1 else losses[0].detach().view(1))
             self._weights.append(weights)
+
+    def average_gradients(self) -> None:
+        """The mean of the processes' gradients, in place, before each optimizer step (DDP). DDP's own
+        reducer only sees `manual_backward`; here the weighting runs the backward pass (TorchJD writes
+        `.grad` itself), so the gradients are averaged once it is done, in one all-reduce."""
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # no gradient here (a task without labels in this share) may have one elsewhere
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        mean = self.trainer.strategy.reduce(_flatten_dense_tensors(grads), reduce_op="mean")
+        for g, m in zip(grads, _unflatten_dense_tensors(mean, grads)):
+            g.copy_(m)
 
     def _stepper(self):
         """(optimizer, step counter): the torch optimizer itself and the loop's counter of optimizer steps
@@ -262,6 +280,8 @@ class TaskModule(L.LightningModule):
         record = None
         if self._losses:
             mean_losses, mean_weights = epoch_means(self._losses, self._weights)
+            if self.trainer.world_size > 1:  # DDP: each process saw its share of the minibatches; the epoch's are their mean
+                mean_losses = self.trainer.strategy.reduce(mean_losses, reduce_op="mean")
             record = epoch_record(self.tasks, mean_losses, mean_weights)
             # The epoch's summed mean loss is read anyway (one host sync an epoch): a NaN or infinite
             # step makes it non-finite, so the check costs nothing per step.

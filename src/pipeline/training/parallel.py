@@ -31,15 +31,16 @@ def in_worker() -> bool:
     return _IN_WORKER
 
 
-def worker_count(setting: int, n_jobs: int, accelerator: str = "cpu") -> int:
+def worker_count(setting: int, n_jobs: int, accelerator: str = "cpu", devices: int = 1) -> int:
     """Processes for n_jobs runs: `setting` (conf/trainer/ `workers`) when positive; 0 = one per core
     this process may use, or one when the runs go to a GPU (one device, shared). Never more than the
-    jobs, and one where processes cannot be forked (Windows)."""
+    jobs, and one where processes cannot be forked (Windows) or a run trains on several processes
+    (`devices` > 1, pipeline.training.distributed)."""
     if int(setting) < 0:
         from pipeline.errors import PipelineError
 
         raise PipelineError(f"trainer.workers must be 0 (one per core) or a positive count, got {setting}")
-    if n_jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if n_jobs <= 1 or int(devices) > 1 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     if int(setting) > 0:
         return min(int(setting), n_jobs)
