@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -319,6 +320,9 @@ class Tracker:
             "git_commit": git_commit(),
             "data_hash": data_hash,
             **self.launcher,
+            # Who runs it: a rerun marks a run FAILED whose process is gone (pipeline.resume.reap).
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
         }
         if budget is not None:
             all_tags["budget"] = str(budget)
