@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 def start(stage: str, tmp: Path, overrides: list[str]) -> subprocess.Popen:
     """`pipeline <stage>` as a user runs it, in tmp (its artifacts, store and .resume/ there)."""
     args = [*TINY, *SYNTHETIC, "sources={}", *overrides, f"paths.artifacts={tmp / 'artifacts'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PIPELINE_CONF_DIR": str(ROOT / "conf")}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PIPELINE_CONF_DIR": str(ROOT / "conf"), "PIPELINE_RESUME_EVERY_S": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen([str(BIN / "pipeline"), stage, *args], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -69,7 +69,6 @@ class Resume:
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self.reused = 0
 
     @property
     def enabled(self) -> bool:
@@ -120,7 +119,6 @@ class Resume:
         path = self._record(job)
         if not path.exists():
             return None
-        self.reused += 1
         return json.loads(path.read_text())
 
     def finish(self, job: tuple, record: dict) -> None:

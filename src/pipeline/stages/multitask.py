@@ -157,7 +157,8 @@ def train_candidate(c: dict, job: tuple) -> dict:
     net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
     weighting = build(c["mt"].weightings[wname], n_tasks=len(ts.tasks))
     module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(c["optimizer"], "optimizer"), weighting)
-    last = c["state"].checkpoint((scheme, wname, seed, digest(arch))) if weighting.resumable else None
+    state = c.get("state")  # the stage's pipeline.resume.Resume
+    last = state.checkpoint((scheme, wname, seed, digest(arch))) if state is not None and weighting.resumable else None
     resumed = resumed_from(last)
     try:
         result = fit(module, c["data"], mcfg, c["trainer"], seed, resume=last)
