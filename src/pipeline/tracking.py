@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -370,6 +371,9 @@ class Tracker:
             "data_hash": data_hash,
             **self.launcher,
             **self.machine,
+            # Who runs it: a rerun marks a run FAILED whose process is gone (pipeline.resume.reap).
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
         }
         if budget is not None:
             all_tags["budget"] = str(budget)

@@ -220,10 +220,11 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet
-    from pipeline.io import read_json, write_json
+    from pipeline.io import read_json, write_tree
     from pipeline.models import load_checkpoint
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
     from pipeline.report.tuning import fmt_setting
+    from pipeline.resume import Resume, reap
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
@@ -257,11 +258,21 @@ def run(cfg: DictConfig) -> list[dict]:
         return train_beside(context, job_list)
     metric = task.primary
     results, failures = [], []
-    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+    # The runs a killed earlier try of this stage (same config and inputs) finished are kept, not retrained.
+    # Not under DDP: both processes must train the same jobs in the same order.
+    inputs = {"data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"], "knowledge_run_id": knowledge["run_id"]}
+    state = Resume.open(cfg, name, "finetune", inputs) if int(trainer_cfg.devices) == 1 else Resume(None)
+    todo = [job for job in job_list if state.done(job) is None]
+    if len(todo) < len(job_list):
+        print(f"finetune {name}: resumed: {len(job_list) - len(todo)} of {len(job_list)} grid runs reused from the killed run", flush=True)
+    with jobs(train_one, context, todo, worker_count(trainer_cfg.workers, len(todo), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
+        reap(tracker, "finetune")
         # The linear baselines are fitted here while the workers train.
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
-        linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
+        linear_results = [
+            r for c in classic for r in state.once(("linear", c), lambda c=c: fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt))
+        ]
         # The linear probe on every other candidate source's features (extract), for the sources report.
         probes = []
         if LINEAR_FEATURES in classic:
@@ -269,17 +280,10 @@ def run(cfg: DictConfig) -> list[dict]:
                 if view == OWN_SOURCE:
                     continue
                 x = np.load(paths.knowledge / "candidates" / view / "features.npy")
-                probes += fit_linear(
-                    cfg,
-                    name,
-                    tgt,
-                    budgets,
-                    seeds,
-                    tracker,
-                    LINEAR_FEATURES,
-                    x,
-                    {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")},
-                    view,
+                source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
+                probes += state.once(
+                    ("probe", view),
+                    lambda x=x, source=source, view=view: fit_linear(cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, x, source, view),
                 )
         configured = {s: run_params(cfg, s) for s in strategy_names}
         group: list[dict] = []
@@ -288,76 +292,87 @@ def run(cfg: DictConfig) -> list[dict]:
             uses_source = bool(plan.copied) or plan.inputs == "features"
             tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
             setting = trials[strategy_name][trial]
-            with tracker.run(
-                "finetune",
-                variant=strategy_name,
-                seed=seed,
-                data_hash=tgt.data_hash,
-                params={**params, "trial": setting},  # the trial number is a tag and a param (PARAM_TAGS)
-                budget=k,
-                tags={**tags, "trial": str(trial)},
-                dataset=("target", tgt.provenance),
-                suffix=f"t{trial}" if n_trials > 1 else None,
-                **(source_lineage(ckpt) if uses_source else {}),
-            ) as run_id:
-                out = next(outs)  # a run that raised (a bug) raises here: its MLflow run ends FAILED
-                if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
-                    label = f"{strategy_name} k={k} seed={seed}" + (f" trial {trial}" if n_trials > 1 else "")
-                    message = f"finetune {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
-                    tracker.log_recorded(run_id, out["logged"])
-                    tracker.fail(run_id, message)
-                else:
-                    result, seconds, folds = out["result"], out["seconds"], out["folds"]
-                    tracker.log_recorded(run_id, result.logged)
-                    cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
-                    tracker.log_metrics(
-                        run_id,
-                        {
-                            "fit/best_epoch": result.best_epoch,
-                            "fit/seconds": seconds,
-                            "fit/n_train": out["n_train"],
-                            "fit/n_copied": len(plan.copied),
-                            "fit/n_frozen": len(plan.frozen),
-                            **cv,
-                        },
-                    )
-            if "failed" in out:
-                failures.append(message)
-                group.append(
-                    {"trial": trial, "setting": setting, "cv": None, "run_id": run_id, "failed": message, "seconds": round(out["seconds"], 2)}
-                )
+            job = (strategy_name, k, seed, trial)
+            saved = state.done(job)
+            if saved is not None:  # finished before the stage was killed: its record and MLflow run as they were
+                group.append(saved)
+                failures += [saved["failed"]] if "failed" in saved else []
                 print(
-                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} FAILED: {out['failed']}",
+                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} reused (run {saved['run_id']})",
                     flush=True,
                 )
             else:
-                group.append(
-                    {
-                        "trial": trial,
-                        "setting": setting,
-                        "cv": float(np.mean(folds)) if folds else None,
-                        "run_id": run_id,
-                        "test": result.test,
-                        "best_val": result.best_val,
-                        "best_epoch": result.best_epoch,
-                        "steps": result.steps,
-                        "seconds": round(seconds, 2),
-                        "fits": out["fits"],
-                        "n_train": int(out["n_train"]),
-                    }
-                )
-                # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
-                phases = len(plan.phases or [None])
-                how = (
-                    ended(result.epochs, result.best_epoch, tcfg.max_epochs)
-                    if phases == 1
-                    else f"epochs {result.epochs} in {phases} phases (at most {phases * tcfg.max_epochs}), best {result.best_epoch + 1}"
-                )
-                print(
-                    f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
-                    f"test/{metric}={result.test[f'test/{metric}']:.4f} {how} {seconds:5.1f}s",
-                    flush=True,
-                )
+                with tracker.run(
+                    "finetune",
+                    variant=strategy_name,
+                    seed=seed,
+                    data_hash=tgt.data_hash,
+                    params={**params, "trial": setting},  # the trial number is a tag and a param (PARAM_TAGS)
+                    budget=k,
+                    tags={**tags, "trial": str(trial)},
+                    dataset=("target", tgt.provenance),
+                    suffix=f"t{trial}" if n_trials > 1 else None,
+                    **(source_lineage(ckpt) if uses_source else {}),
+                ) as run_id:
+                    out = next(outs)  # a run that raised (a bug) raises here: its MLflow run ends FAILED
+                    if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
+                        label = f"{strategy_name} k={k} seed={seed}" + (f" trial {trial}" if n_trials > 1 else "")
+                        message = f"finetune {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
+                        tracker.log_recorded(run_id, out["logged"])
+                        tracker.fail(run_id, message)
+                    else:
+                        result, seconds, folds = out["result"], out["seconds"], out["folds"]
+                        tracker.log_recorded(run_id, result.logged)
+                        cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
+                        tracker.log_metrics(
+                            run_id,
+                            {
+                                "fit/best_epoch": result.best_epoch,
+                                "fit/seconds": seconds,
+                                "fit/n_train": out["n_train"],
+                                "fit/n_copied": len(plan.copied),
+                                "fit/n_frozen": len(plan.frozen),
+                                **cv,
+                            },
+                        )
+                if "failed" in out:
+                    failures.append(message)
+                    group.append(
+                        {"trial": trial, "setting": setting, "cv": None, "run_id": run_id, "failed": message, "seconds": round(out["seconds"], 2)}
+                    )
+                    print(
+                        f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} FAILED: {out['failed']}",
+                        flush=True,
+                    )
+                else:
+                    group.append(
+                        {
+                            "trial": trial,
+                            "setting": setting,
+                            "cv": float(np.mean(folds)) if folds else None,
+                            "run_id": run_id,
+                            "test": result.test,
+                            "best_val": result.best_val,
+                            "best_epoch": result.best_epoch,
+                            "steps": result.steps,
+                            "seconds": round(seconds, 2),
+                            "fits": out["fits"],
+                            "n_train": int(out["n_train"]),
+                        }
+                    )
+                    # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
+                    phases = len(plan.phases or [None])
+                    how = (
+                        ended(result.epochs, result.best_epoch, tcfg.max_epochs)
+                        if phases == 1
+                        else f"epochs {result.epochs} in {phases} phases (at most {phases * tcfg.max_epochs}), best {result.best_epoch + 1}"
+                    )
+                    print(
+                        f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} "
+                        f"test/{metric}={result.test[f'test/{metric}']:.4f} {how} {seconds:5.1f}s",
+                        flush=True,
+                    )
+                state.finish(job, group[-1])
             if len(group) < len(trials[strategy_name]):
                 continue
             finished = [g for g in group if "failed" not in g]  # a failed trial is never chosen
@@ -388,10 +403,9 @@ def run(cfg: DictConfig) -> list[dict]:
         )
     results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
-    for r in results:
-        write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)
-    for r in probes:
-        write_json(paths.finetune / "sources" / r["candidate"] / f"k{r['budget']}_seed{r['seed']}.json", r)
+    files = {f"{r['strategy']}/k{r['budget']}_seed{r['seed']}.json": r for r in results}
+    write_tree(paths.finetune, files | {f"sources/{r['candidate']}/k{r['budget']}_seed{r['seed']}.json": r for r in probes})
+    state.close()
     return results + probes
 
 

@@ -146,6 +146,8 @@ def train_candidate(c: dict, job: tuple) -> dict:
     import torch
 
     from pipeline.multitask.weighting import build
+    from pipeline.resume import resumed_from
+    from pipeline.tracking import digest
     from pipeline.training import TaskModule, fit
 
     scheme, wname, seed, arch = job
@@ -155,11 +157,14 @@ def train_candidate(c: dict, job: tuple) -> dict:
     net = instantiate(arch, f"scheme {scheme}", input_dim=ts.x.shape[1], tasks=ts.tasks)
     weighting = build(c["mt"].weightings[wname], n_tasks=len(ts.tasks))
     module = TaskModule(net, ts.tasks, [{"params": list(net.parameters()), "lr": mcfg.lr}], instantiate(c["optimizer"], "optimizer"), weighting)
+    state = c.get("state")  # the stage's pipeline.resume.Resume
+    last = state.checkpoint((scheme, wname, seed, digest(arch))) if state is not None and weighting.resumable else None
+    resumed = resumed_from(last)
     try:
-        result = fit(module, c["data"], mcfg, c["trainer"], seed)
+        result = fit(module, c["data"], mcfg, c["trainer"], seed, resume=last)
     except Diverged as exc:  # a result, not an exception: the grid goes on and the stage logs the run FAILED
         return {"failed": exc.describe(), "logged": exc.logged or [], "seconds": time.perf_counter() - start}
-    return {"result": result, "history": module.history, "seconds": time.perf_counter() - start}
+    return {"result": result, "history": module.history, "seconds": time.perf_counter() - start, "resumed": resumed}
 
 
 def train_members(c: dict, job: tuple) -> list[dict]:
@@ -206,6 +211,28 @@ def together(mt, scheme: str, wname: str, archs: list[dict]) -> bool:
     return hasattr(get_class(archs[0]["_target_"]), "members") and build(mt.weightings[wname], n_tasks=1).plain_sum
 
 
+def log_classic(tracker, name: str, ts, mcfg) -> tuple[list[dict], dict[str, str]]:
+    """The classic baselines fitted (`classic`), one FINISHED MLflow run each: (their records, the skipped ones)."""
+    from pipeline.tracking import digest
+
+    fitted, skipped = classic(ts, mcfg.classic)
+    for c in fitted:
+        method = f"{c['scheme']}+sklearn"
+        with tracker.run(
+            "multitask",
+            variant=method,
+            data_hash=ts.data_hash,
+            params={"classic": c["params"]},
+            tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
+            dataset=("tasks", ts.provenance),
+        ) as run_id:
+            tracker.log_metrics(run_id, c["test"])
+            c["run_id"] = run_id
+        c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
+        print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
+    return fitted, skipped
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
@@ -223,7 +250,8 @@ def run(cfg: DictConfig) -> list[dict]:
     import torch
 
     from pipeline.data import TaskSet
-    from pipeline.io import write_json
+    from pipeline.io import write_tree
+    from pipeline.resume import Resume, reap
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
 
@@ -233,7 +261,10 @@ def run(cfg: DictConfig) -> list[dict]:
     mt = cfg.multitask
     pairs = plan(cfg, exp, ts.x.shape[1], ts.tasks)
     x, y = torch.as_tensor(ts.x), torch.as_tensor(ts.y)
+    # What a killed earlier try of this stage (same config and data) finished is kept, not retrained.
+    state = Resume.open(cfg, name, "multitask", {"data_hash": ts.data_hash})
     context = {
+        "state": state,
         "ts": ts,
         "mt": mt,
         "mcfg": mcfg,
@@ -244,29 +275,23 @@ def run(cfg: DictConfig) -> list[dict]:
     # One job per run: every coupling candidate of every scheme x weighting x seed.
     groups = [((scheme, wname, seed), auto_candidates(mt.archs[scheme])) for (scheme, wname), seed in itertools.product(pairs, seeds)]
     batched = {key: together(mt, key[0], key[1], archs) for key, archs in groups}
-    job_list = [job for key, archs in groups for job in ([(*key, archs)] if batched[key] else [(*key, arch) for arch in archs])]
+    # Candidates a killed earlier try finished are not trained again (a stacked job trains if any of its members is left).
+    done = {(*key, i) for key, archs in groups for i in range(len(archs)) if state.done((*key, i)) is not None}
+    if done:
+        print(f"multitask {name}: resumed: {len(done)} of {sum(len(a) for _, a in groups)} grid runs reused from the killed run", flush=True)
+    job_list = []
+    for key, archs in groups:
+        left = [i for i in range(len(archs)) if (*key, i) not in done]
+        job_list += ([(*key, archs)] if left else []) if batched[key] else [(*key, archs[i]) for i in left]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
     results, skipped, failures = [], None, []
     with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
+        reap(tracker, "multitask")
         if classic_wanted:
             # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
             # the neural runs they are compared with.
-            fitted, skipped = classic(ts, mcfg.classic)
-            for c in fitted:
-                method = f"{c['scheme']}+sklearn"
-                with tracker.run(
-                    "multitask",
-                    variant=method,
-                    data_hash=ts.data_hash,
-                    params={"classic": c["params"]},
-                    tags={"method": method, "scheme": c["scheme"], "weighting": "sklearn", "n_tasks": str(len(ts.tasks))},
-                    dataset=("tasks", ts.provenance),
-                ) as run_id:
-                    tracker.log_metrics(run_id, c["test"])
-                    c["run_id"] = run_id
-                c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
-                print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
+            fitted, skipped = state.once(("classic",), lambda: log_classic(tracker, name, ts, mcfg))
         neural = []
         for (scheme, wname, seed), archs in groups:
             candidates, members = [], None
@@ -275,6 +300,11 @@ def run(cfg: DictConfig) -> list[dict]:
                 params = {**configured, "arch": arch}  # the candidate's `auto` knobs resolved
                 method = f"{scheme}+{wname}"
                 tags = {"method": method, "scheme": scheme, "weighting": wname, "n_tasks": str(len(ts.tasks))}
+                saved = state.done((scheme, wname, seed, i))
+                if saved is not None:  # finished before the stage was killed: its record and MLflow run as they were
+                    candidates.append(saved)
+                    failures += [saved["failed"]] if "failed" in saved else []
+                    continue
                 with tracker.run(
                     "multitask",
                     variant=method,
@@ -290,6 +320,9 @@ def run(cfg: DictConfig) -> list[dict]:
                         out = members[i]
                     else:
                         out = next(outs)
+                    if out.get("resumed"):
+                        tracker.set_tags(run_id, {"resumed_from_epoch": str(out["resumed"])})
+                        print(f"multitask {name} {method} seed={seed}: resumed from epoch {out['resumed']}", flush=True)
                     if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
                         label = f"{method} seed={seed}" + (f" candidate {i}" if len(archs) > 1 else "")
                         hint = f"lower multitask.lr (it trained with lr {mcfg.lr:g}) or check {method}'s settings"
@@ -302,6 +335,7 @@ def run(cfg: DictConfig) -> list[dict]:
                 if "failed" in out:
                     failures.append(message)
                     candidates.append({"run_id": run_id, "arch": arch, "failed": message, "seconds": out["seconds"], "steps": 0})
+                    state.finish((scheme, wname, seed, i), candidates[-1])
                     print(
                         f"multitask {name} {scheme:<11} {wname:<12} seed={seed}{f' c{i}' if len(archs) > 1 else ''} FAILED: {out['failed']}",
                         flush=True,
@@ -323,6 +357,7 @@ def run(cfg: DictConfig) -> list[dict]:
                         "history": out["history"],
                     }
                 )
+                state.finish((scheme, wname, seed, i), candidates[-1])
             finished = [c for c in candidates if "failed" not in c]  # a failed candidate is never chosen
             failed = [{k: c[k] for k in ("run_id", "arch", "failed")} for c in candidates if "failed" in c]
             cost = {"seconds": round(sum(c["seconds"] for c in candidates), 2), "steps": sum(c["steps"] for c in candidates)}
@@ -362,10 +397,11 @@ def run(cfg: DictConfig) -> list[dict]:
             )
         results = neural + (fitted if classic_wanted else [])
     # Written once every run has finished, so a failure leaves no partial results behind.
-    for r in results:
-        write_json(paths.multitask / f"{r['scheme']}+{r['weighting']}" / f"seed{r['seed']}.json", r)
+    files = {f"{r['scheme']}+{r['weighting']}/seed{r['seed']}.json": r for r in results}
     if skipped is not None:
-        write_json(paths.multitask / "skipped.json", skipped)  # the classic baselines that did not apply, and why
+        files["skipped.json"] = skipped  # the classic baselines that did not apply, and why
+    write_tree(paths.multitask, files)
+    state.close()
     return results
 
 

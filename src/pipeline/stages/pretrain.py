@@ -88,6 +88,14 @@ def run(cfg: DictConfig) -> dict:
     label = f"pretrain {name}" + (f" candidate {cand_name}" if cand is not None else "")
     tags = {"source": cand_name} if cand is not None else {"source": "source"}
     variant = {"variant": cand_name} if cand is not None else {}
+    from pipeline.resume import Resume, reap, resumed_from
+
+    reap(tracker, "pretrain")
+    state = Resume.open(cfg, name, f"candidate-{cand_name}" if cand is not None else "pretrain", {"data_hash": src.data_hash})
+    last = state.checkpoint(("fit",))
+    if resumed_from(last):
+        print(f"{label}: resumed from epoch {resumed_from(last)} (its checkpoint in {last.parent})", flush=True)
+        tags["resumed_from_epoch"] = str(resumed_from(last))
     with tracker.run(
         "pretrain", seed=seed, data_hash=src.data_hash, params=params, tags=tags, dataset=("source", src.provenance), **variant
     ) as run_id:
@@ -97,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
         else:
             module = TaskModule.single(net, task, [{"params": list(net.parameters()), "lr": pre.lr}], instantiate(cfg.optimizer, "optimizer"))
             try:
-                result = fit(module, split_tensors(src), pre, trainer_cfg, seed)
+                result = fit(module, split_tensors(src), pre, trainer_cfg, seed, resume=last)
             except Diverged as exc:  # fatal for the chain: every later stage needs this model
                 message = f"{label} seed={seed}: {exc.describe()}; lower pretrain.lr (it trained with lr {pre.lr:g})"
                 tracker.log_recorded(run_id, exc.logged or [])
@@ -126,6 +134,7 @@ def run(cfg: DictConfig) -> dict:
             summary["candidate"] = {"name": cand_name, "note": cand.note, "pretrained": cand.pretrained}
         out = paths.candidate(cand_name) if cand is not None else paths.source
         version = publish(tracker, run_id, name, net, arch, task, src.data_hash, summary, out, registered=f"{name}.{cand_name or 'source'}")
+    state.close()
     metric = task.primary
     if at_cap:
         print(

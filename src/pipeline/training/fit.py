@@ -6,6 +6,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -185,13 +186,15 @@ def fit(
     settings: TrainerConfig,
     seed: int,
     callbacks: Sequence[L.Callback] = (),
+    resume: Path | None = None,
 ) -> FitResult:
     """Train on data['train'] with `run`'s budget, keep the epoch with the best validation metric, test it.
 
     `module.monitor()` names the validation metric that selects the epoch and whether it is
     maximised; the module's test_step leaves its metrics in `module.test_results`. `callbacks` run
     next to model selection and early stopping (benchmarks/training_loop.py times the loop with one).
-    What the module logs is kept in the result (`logged`); nothing is written anywhere.
+    What the module logs is kept in the result (`logged`); nothing is written anywhere, except with
+    `resume` (a file): the fit's last epoch, after each epoch, from which a rerun goes on (training.resume).
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -203,13 +206,18 @@ def fit(
     # Validation every epoch runs inside the module's epoch-end hook (TaskModule._validate), without
     # Lightning's evaluation loop; checkpointing and early stopping act on the training epoch's end.
     own_validation = int(settings.val_every_n_epochs) == 1 and getattr(module, "validates_at_epoch_end", False)
+    from pipeline.training import resume as last_epoch
+
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        # A resumed fit's dirpath must be the killed one's (Lightning restores its best epoch only then); nothing is written there.
+        tmp = tmp if resume is None else f"{resume}.best"
         ckpt = ModelCheckpoint(
             dirpath=tmp, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=True
         )
         stop = EarlyStopping(monitor=monitor, mode=mode, patience=run.patience, check_on_train_epoch_end=True)
         recorder = Recorder()
-        tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks])
+        saver = last_epoch.callback(resume, None)  # it saves the loader's random state, given below
+        tr = trainer(settings, run.max_epochs, logger=recorder, callbacks=[ckpt, stop, *callbacks, *saver])
         # Under DDP each process takes its share of every minibatch (rank, world).
         train = TensorLoader(
             x,
@@ -222,16 +230,19 @@ def fit(
             rank=tr.global_rank,
             world=tr.world_size,
         )
+        for cb in saver:
+            cb.loader = train
         store = tr.strategy.checkpoint_io = _MemoryCheckpointIO()
+        ckpt_path = last_epoch.resume_point(resume, store)
         try:
             if own_validation:
                 module.validation_data = data["val"]
                 try:
-                    tr.fit(module, train)
+                    tr.fit(module, train, ckpt_path=ckpt_path)
                 finally:
                     module.validation_data = None
             else:
-                tr.fit(module, train, whole("val"))
+                tr.fit(module, train, whole("val"), ckpt_path=ckpt_path)
         except Diverged as exc:  # the history up to the divergence, for the failed run's MLflow log
             exc.logged = recorder.metrics
             raise

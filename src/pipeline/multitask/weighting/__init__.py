@@ -44,6 +44,9 @@ class Weighting(nn.Module):
     name = "weighting"
     needs_shared_grads = False  # True: needs per-task gradients on the shared parameters
     uses_shared_grads_to = ""  # what it does with them, for `check_compatible`'s message
+    # Its whole state is in its state_dict (buffers, parameters), so a killed fit resumes exactly from a
+    # checkpoint (pipeline.training.resume); False: such a fit starts over.
+    resumable = True
 
     def __init__(self, n_tasks: int) -> None:
         super().__init__()

@@ -58,6 +58,10 @@ class TorchJD(Weighting):
     needs_shared_grads = True
     uses_shared_grads_to = "aggregates per-task gradients"
 
+    @property
+    def resumable(self) -> bool:
+        return self.name not in ("nash_mtl", "excess_mtl", "cr_mogm")  # keep state between steps outside any state_dict
+
     def __init__(self, n_tasks: int, aggregator: str, parallel_chunk_size: int | str | None = "auto", jacobian: str = "params", **knobs: Any) -> None:
         from torchjd.aggregation import GramianWeightedAggregator
 

@@ -33,6 +33,7 @@ class GradNorm(Weighting):
     name = "gradnorm"
     needs_shared_grads = True
     uses_shared_grads_to = "balances per-task gradient norms"
+    resumable = False  # its own optimizer's moments are not in its state_dict
 
     def __init__(self, n_tasks: int, alpha: float = 1.5, lr: float = 0.025, layer: str = "last") -> None:
         super().__init__(n_tasks)
