@@ -343,8 +343,45 @@ def check_names(cfg: DictConfig) -> None:
         raise PipelineError(f"config key exp: the experiment name {str(exp)!r} {name_refusal(exp)}")
 
 
+# The project's output folders (dvc.yaml's outs, .gitignore): `paths.*` may point inside them, relative to
+# the working directory, the project a stage runs in. Elsewhere only with PIPELINE_ALLOWED_OUTPUTS (folders,
+# os.pathsep-separated), set by whoever runs the pipeline, never by a config file.
+OUTPUT_FOLDERS = ("artifacts", "reports")
+
+
+def allowed_outputs() -> list[Path]:
+    extra = [p.strip() for p in os.environ.get("PIPELINE_ALLOWED_OUTPUTS", "").split(os.pathsep) if p.strip()]
+    return [Path.cwd() / f for f in OUTPUT_FOLDERS] + [Path(p) for p in extra]
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Where outputs go (`paths.artifacts`, `paths.reports`): inside the project's output folders. Stages
+    replace whole folders under them (`<artifacts>/<experiment>/finetune`), so `paths.artifacts=src` or
+    `/home/me` in a shared config would delete what lies there. Checked on the path as written and on
+    where it leads through symbolic links."""
+    paths = cfg.get("paths")
+    if not OmegaConf.is_dict(paths):
+        raise PipelineError(f"config key paths must be a mapping of output folders (artifacts, reports), got {paths!r}")
+    allowed = allowed_outputs()
+    for key, value in paths.items():
+        if not isinstance(value, str) or not value.strip():
+            raise PipelineError(f"config key paths.{key} must be a folder name, got {value!r}")
+        target = Path.cwd() / os.path.normpath(value)
+        if not any(_inside(target, a) and _inside(target.resolve(), a.resolve()) for a in allowed):
+            raise PipelineError(
+                f"config key paths.{key}: {value!r} lies outside the project's output folders {[str(a) for a in allowed]};"
+                f" a config may not put outputs elsewhere (set PIPELINE_ALLOWED_OUTPUTS={target} to allow that folder)"
+            )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.normpath(path)), Path(os.path.normpath(folder))
+    return path == folder or folder in path.parents
+
+
 def check_untrusted(cfg: DictConfig) -> None:
-    """What a shared config could abuse, checked before a stage does anything: its `_target_`s and the
-    names that become output paths."""
+    """What a shared config could abuse, checked before a stage does anything: its `_target_`s, the
+    names that become output paths and the output folders."""
     check_targets(cfg)
     check_names(cfg)
+    check_paths(cfg)

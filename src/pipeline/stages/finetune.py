@@ -61,10 +61,23 @@ def source_lineage(ckpt: dict) -> dict:
     return {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")}
 
 
-def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict, candidate: str | None = None) -> list[dict]:
+def fit_linear(
+    cfg: DictConfig,
+    exp_name: str,
+    tgt,
+    budgets,
+    seeds,
+    tracker,
+    name: str,
+    x,
+    source: dict,
+    candidate: str | None = None,
+    records: list | None = None,
+) -> list[dict]:
     """The linear sanity baseline `name` on inputs x (the raw inputs, or the source's features) at every
-    budget x seed: one MLflow run and one result record each. `candidate`: x are that candidate
-    source's features (extract), the linear probe the sources report ranks candidates by."""
+    budget x seed: one MLflow run and one result record each, appended to `records` as each is logged
+    (what a store failing mid-way keeps). `candidate`: x are that candidate source's features (extract),
+    the linear probe the sources report ranks candidates by."""
     import torch
 
     from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
@@ -74,7 +87,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
     task, y = tgt.tasks[0], tgt.y[:, 0]
     params = linear_params(cfg, name, source["run_id"])
     lineage = source_lineage(source) if name == LINEAR_FEATURES else {}
-    records = []
+    records = [] if records is None else records
     for k in budgets:
         for seed in seeds:
             index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
@@ -188,6 +201,26 @@ def train_one(c: dict, job: tuple) -> dict:
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
+def result_label(r: dict) -> str:
+    """One result (a strategy, linear baseline or candidate's probe at a budget x seed), as an error names it."""
+    return f"{r['strategy']}{'@' + r['candidate'] if r.get('candidate') else ''} k={r['budget']} seed={r['seed']}"
+
+
+def result_path(r: dict) -> str:
+    """Where a result is written, relative to the stage's output folder."""
+    return f"{'sources/' + r['candidate'] if r.get('candidate') else r['strategy']}/k{r['budget']}_seed{r['seed']}.json"
+
+
+def grid_labels(job_list: list[tuple], classic: list[str], budgets: list, seeds: list, views: list[str]) -> list[str]:
+    """The `result_label` of every result the grid makes: the strategies' (trials collapsed), the linear baselines' and the probes'."""
+    from pipeline.multitask.baselines import LINEAR_FEATURES
+
+    keys = [*dict.fromkeys((s, k, seed) for s, k, seed, _ in job_list)]
+    keys += [(c, k, seed) for c in classic for k in budgets for seed in seeds]
+    keys += [(f"{LINEAR_FEATURES}@{v}", k, seed) for v in views for k in budgets for seed in seeds]
+    return [f"{s} k={k} seed={seed}" for s, k, seed in keys]
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
@@ -212,7 +245,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.models import load_checkpoint
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
     from pipeline.report.tuning import fmt_setting
-    from pipeline.tracking import Tracker, digest
+    from pipeline.tracking import Tracker, digest, store_guard
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
 
@@ -242,20 +275,30 @@ def run(cfg: DictConfig) -> list[dict]:
     n_trials = int(tcfg.tuning.trials)
     job_list = [(s, k, seed, i) for s in strategy_names for k in budgets for seed in seeds for i in range(len(trials[s]))]
     metric = task.primary
-    results, failures = [], []
-    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
+    results, failures, linear_results, probes = [], [], [], []
+    views = [v for v in knowledge.get("candidates", {}) if v != OWN_SOURCE] if LINEAR_FEATURES in classic else []
+    guard = store_guard(
+        f"finetune {name}",
+        cfg.tracking.uri,
+        paths.finetune,
+        lambda: grid_labels(job_list, classic, budgets, seeds, views),
+        lambda: [*linear_results, *probes, *results],
+        result_label,
+        result_path,
+    )
+    with jobs(train_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs, guard:
         tracker = Tracker(name, cfg.tracking.uri)
         # The linear baselines are fitted here while the workers train.
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
-        linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
+        for c in classic:
+            fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt, records=linear_results)
         # The linear probe on every other candidate source's features (extract), for the sources report.
-        probes = []
         if LINEAR_FEATURES in classic:
             for view, part in knowledge.get("candidates", {}).items():
                 if view == OWN_SOURCE:
                     continue
                 x = np.load(paths.knowledge / "candidates" / view / "features.npy")
-                probes += fit_linear(
+                fit_linear(
                     cfg,
                     name,
                     tgt,
@@ -266,6 +309,7 @@ def run(cfg: DictConfig) -> list[dict]:
                     x,
                     {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")},
                     view,
+                    records=probes,
                 )
         configured = {s: run_params(cfg, s) for s in strategy_names}
         group: list[dict] = []

@@ -221,7 +221,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from pipeline.data import TaskSet
     from pipeline.io import write_json
-    from pipeline.tracking import Tracker, digest
+    from pipeline.tracking import Tracker, digest, store_guard
     from pipeline.training.parallel import jobs, worker_count
 
     paths = layout(cfg, name)
@@ -243,8 +243,20 @@ def run(cfg: DictConfig) -> list[dict]:
     batched = {key: together(mt, key[0], key[1], archs) for key, archs in groups}
     job_list = [job for key, archs in groups for job in ([(*key, archs)] if batched[key] else [(*key, arch) for arch in archs])]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
-    results, skipped, failures = [], None, []
-    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
+    results, skipped, failures, fitted, neural = [], None, [], [], []
+    guard = store_guard(
+        f"multitask {name}",
+        cfg.tracking.uri,
+        paths.multitask,
+        lambda: (
+            [f"{c}+sklearn seed=0" for c in (mcfg.classic if classic_wanted else []) if c not in (skipped or {})]
+            + [f"{scheme}+{wname} seed={seed}" for (scheme, wname, seed), _ in groups]
+        ),
+        lambda: [*fitted, *neural],
+        lambda r: f"{r['scheme']}+{r['weighting']} seed={r['seed']}",
+        lambda r: f"{r['scheme']}+{r['weighting']}/seed{r['seed']}.json",
+    )
+    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs, guard:
         tracker = Tracker(name, cfg.tracking.uri)
         if classic_wanted:
             # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
@@ -264,7 +276,6 @@ def run(cfg: DictConfig) -> list[dict]:
                     c["run_id"] = run_id
                 c["config_digest"] = digest({"classic": c["scheme"], "data_hash": ts.data_hash})
                 print(f"multitask {name} {c['scheme']:<24} test/score={c['test']['test/score']:.4f} (scikit-learn)", flush=True)
-        neural = []
         for (scheme, wname, seed), archs in groups:
             candidates, members = [], None
             configured = run_params(cfg, scheme, wname)
