@@ -186,12 +186,46 @@ def candidates(cfg: DictConfig, name: str) -> dict[str, CandidateConfig]:
 SCHEMAS = {"trainer": TrainerConfig, "pretrain": PretrainConfig, "transfer": TransferConfig, "multitask": MultitaskConfig}
 
 
+# Values a type admits but training cannot use (a batch of 0 divides by zero deep in a worker; -1 epochs
+# trains nothing and says nothing): (smallest value, whether it is allowed itself).
+RANGES = {
+    "lr": (0, False),
+    "batch_size": (1, True),
+    "max_epochs": (1, True),
+    "patience": (0, True),
+    "min_steps_per_epoch": (1, True),
+    "workers": (0, True),
+    "val_every_n_epochs": (1, True),
+    "steps_per_batch": (0, True),
+    "trials": (1, True),
+    "folds": (1, True),
+}
+
+
+def check_ranges(obj: Any, name: str) -> None:
+    """The numbers of a validated node (and its nested nodes) within RANGES; lists of seeds not empty."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            check_ranges(value, f"{name}.{f.name}")
+        elif f.name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, inclusive = RANGES[f.name]
+            if value < low or (value == low and not inclusive):
+                raise PipelineError(f"config key {name}.{f.name} must be {'>=' if inclusive else '>'} {low}, got {value}")
+        elif f.name == "seeds" and not value:
+            raise PipelineError(f"config key {name}.seeds is empty; list at least one seed, e.g. [0]")
+
+
 def validate(node: Any, name: str):
     """`node` checked against the schema of config node `name`: the dataclass instance."""
     schema = SCHEMAS[name]
     if not OmegaConf.is_config(node) and not isinstance(node, dict):
         raise PipelineError(f"config node {name} must be a mapping of {sorted(f.name for f in fields(schema))}, got {node!r}")
-    return OmegaConf.to_object(_merge(schema, node, name))
+    obj = OmegaConf.to_object(_merge(schema, node, name))
+    check_ranges(obj, name)
+    if name == "transfer" and obj.baseline not in obj.strategies:
+        raise PipelineError(f"transfer.baseline={obj.baseline!r} is not one of transfer.strategies {sorted(obj.strategies)}")
+    return obj
 
 
 def unknown_key(node: str, key: str, valid: list[str]) -> PipelineError:
