@@ -33,3 +33,15 @@ def zoo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zoo")
     cfg, out = run_stages(tmp, (prepare, pretrain, candidates, extract, finetune, report), ["strategy=[scratch,linear_features]"], zoo=True)
     return {"cfg": cfg, "tmp": tmp, **out}
+
+
+# The bad-input catalogue (tests/test_bad_input.py, its `test_catalogue_*` tables): how many cases ran.
+CATALOGUE = "test_bad_input.py::test_catalogue_"
+
+
+def pytest_terminal_summary(terminalreporter):
+    reports = [r for key in ("passed", "failed", "skipped") for r in terminalreporter.stats.get(key, []) if CATALOGUE in getattr(r, "nodeid", "")]
+    calls = [r for r in reports if r.when == "call" or r.outcome == "skipped"]
+    if calls:
+        passed = sum(r.outcome == "passed" for r in calls)
+        terminalreporter.write_line(f"bad-input catalogue: {len(calls)} cases ({passed} passed)")

@@ -3,13 +3,16 @@ half-written outputs."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_wine
 
 from pipeline.errors import PipelineError
 from pipeline.stages import finetune, prepare
-from support import ROOT, run_cli
+from support import ROOT, TINY, run_cli
 
 
 def wine_tables(tmp_path, mutate=None):
@@ -245,15 +248,23 @@ TABLE_FAULTS = [
 
 
 @pytest.mark.parametrize("fault,content,suffix,budgets,fragments", TABLE_FAULTS, ids=[f[0] for f in TABLE_FAULTS])
-def test_catalogue_of_table_and_budget_faults(make_cfg, tmp_path, fault, content, suffix, budgets, fragments):
-    src, csv_target = wine_tables(tmp_path)
+def test_catalogue_of_table_and_budget_faults(tmp_path, fault, content, suffix, budgets, fragments):
     import pandas as pd
 
-    target = tmp_path / f"target_file.{suffix}"
+    data, project = tmp_path / "data", tmp_path / "project"
+    data.mkdir()
+    project.mkdir()
+    src, csv_target = wine_tables(data)
+    target = data / f"target_file.{suffix}"
     target.write_bytes(content(pd.read_csv(csv_target)))
-    cfg = table_cfg(make_cfg, src, target, budgets=budgets)
-    assert_prepare_fails(cfg, *(f.format(target=target) for f in fragments))
-    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "reports").exists()
+    args = [a.format(data=data) for a in MINE] + [f"experiments.mine.target.path={target}", f"experiments.mine.budgets={budgets}"]
+    code, _, err = run_inprocess("prepare", *args, cwd=project)
+    assert code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for fragment in fragments:
+        assert fragment.format(target=target) in lines[0], lines[0]
+    assert sorted(p.name for p in project.iterdir()) == [], "prepare left outputs"
 
 
 # The catalogue of untrusted configs: a shared experiment file whose `_target_` would run code, or whose
@@ -369,3 +380,324 @@ def test_catalogue_of_untrusted_configs(tmp_path, fault, make, fragments):
     assert not marker.exists(), "the config ran code"
     assert _tree(project) == before, "artifacts/ or reports/ changed"
     assert sorted(p.name for p in tmp_path.iterdir()) == around, "something was written next to the project"
+
+
+# The catalogue across stages and adapters: each row runs `pipeline <stage> <overrides>` in this process
+# (the CLI's own entry point: Hydra, the checks, the stage) in a project whose artifacts/ holds the
+# chain's prepared data, source model and extract outputs, and whose reports/ holds an earlier report.
+# Each expects exit status 2, one line on stderr naming the file, column, key or value at fault, and
+# artifacts/ and reports/ byte for byte as they were. `{data}` is a folder outside the project with the
+# wine tables; `{project}` the project.
+def run_inprocess(stage: str, *args: str, cwd: Path, conf: Path = ROOT / "conf") -> tuple[int, str, str]:
+    """`pipeline <stage> <args>` in this process: (exit status, stdout, stderr). Hydra's logging setup is
+    left off (it would replace pytest's handlers); everything else is the CLI's path."""
+    import contextlib
+    import io
+    import os
+    import sys
+
+    import pipeline.stages as stages
+    from pipeline import cli
+
+    saved = sys.argv, os.getcwd(), stages.CONF_DIR, os.environ.get("MLFLOW_TRACKING_URI")
+    out, err = io.StringIO(), io.StringIO()
+    stages.CONF_DIR, sys.argv = str(conf), ["pipeline"]
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main([stage, *TINY, *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv, _, stages.CONF_DIR, uri = saved
+        os.chdir(saved[1])
+        if uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+    return code, out.getvalue(), err.getvalue()
+
+
+MINE = [
+    "+experiment@experiments.mine=my_tables",
+    "exp=mine",
+    "experiments.mine.source.path={data}/source.csv",
+    "experiments.mine.target.path={data}/target.csv",
+    "experiments.mine.source.target=cultivar",
+    "experiments.mine.target.target=cultivar",
+    "experiments.mine.source.classes=null",
+    "experiments.mine.target.classes=null",
+    "experiments.mine.budgets=[1,3]",
+]
+
+
+def _edit_target(edit):
+    """Setup: the target table rewritten by `edit(DataFrame) -> bytes` (written as {data}/target.csv)."""
+
+    def setup(project, data):
+        import pandas as pd
+
+        (data / "target.csv").write_bytes(edit(pd.read_csv(data / "target.csv")))
+
+    return setup
+
+
+def _store(kind):
+    """Setup: {project}/store/mlflow.db as `kind` (a real MLflow store, spoilt in one way)."""
+
+    def setup(project, data):
+        import shutil
+        import sqlite3
+
+        folder = project / "store"
+        folder.mkdir()
+        db = folder / "mlflow.db"
+        if kind == "garbage":
+            db.write_bytes(b"SQLite format 2\0" + bytes(range(256)) * 8)
+            return
+        if kind == "other app":
+            with sqlite3.connect(db) as con:
+                con.execute("create table invoices (id integer)")
+            return
+        shutil.copy(_mlflow_db(), db)
+        if kind in ("old schema", "new schema"):
+            with sqlite3.connect(db) as con:
+                rev = con.execute("select version_num from alembic_version").fetchone()[0]
+                older = _older_revision(rev)
+                con.execute("update alembic_version set version_num = ?", (older if kind == "old schema" else "f0f0f0f0f0f0",))
+        if kind in ("read-only file", "read-only folder"):
+            _read_only(db if kind == "read-only file" else folder)
+
+    return setup
+
+
+@functools.lru_cache(maxsize=1)
+def _mlflow_db() -> Path:
+    """An empty MLflow SQLite store of the installed MLflow, made once."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    db = Path(tempfile.mkdtemp(prefix="template-store-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def _older_revision(rev: str) -> str:
+    import importlib.util
+
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(Path(importlib.util.find_spec("mlflow").origin).parent / "store" / "db_migrations"))
+    return script.get_revision(rev).down_revision
+
+
+READ_ONLY: list[Path] = []  # made immutable (as root): undone after each case
+
+
+def _read_only(path: Path) -> None:
+    """Read-only for this process: chmod; as root, which permissions do not stop, also chattr +i."""
+    import os
+    import subprocess
+
+    path.chmod(0o555 if path.is_dir() else 0o444)
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("as root, a read-only store needs chattr +i")
+        READ_ONLY.append(path)
+
+
+def _other_architecture(project, data):
+    """Setup: {data}/other.pt, a checkpoint of an MLP taking 10 inputs (the target's rows have 64)."""
+    from pipeline.models import architecture, build, save_checkpoint
+
+    arch = architecture({"_target_": "pipeline.models.MLP", "hidden": [8]}, 10, 3)
+    save_checkpoint(data / "other.pt", build(arch), arch, {})
+
+
+def _escaping_link(project, data):
+    """Setup: artifacts/elsewhere, a symbolic link to a folder outside the project."""
+    (project / "artifacts" / "elsewhere").symlink_to(data)
+
+
+STORE = "tracking.uri=sqlite:///{project}/store/mlflow.db"
+STORE_URI = "tracking store sqlite:///{project}/store/mlflow.db"
+
+# (case, stage, overrides, setup or None, fragments of the error line)
+STAGE_FAULTS = [
+    # prepare, the table adapter
+    ("missing file", "prepare", [*MINE, "experiments.mine.target.path={data}/nope.csv"], None, ["{data}/nope.csv: file not found"]),
+    ("a folder as the file", "prepare", [*MINE, "experiments.mine.target.path={data}"], None, ["{data}", "unsupported file type"]),
+    (
+        "semicolon-separated",
+        "prepare",
+        MINE,
+        _edit_target(lambda t: t.to_csv(index=False, sep=";").encode()),
+        ["{data}/target.csv: label column 'cultivar' not found", "alcohol;malic_acid"],
+    ),
+    (
+        "label outside the declared classes",
+        "prepare",
+        [*MINE, "experiments.mine.target.classes=[0,1]"],
+        None,
+        ["{data}/target.csv: label column 'cultivar' has values ['2'] outside the declared classes ['0', '1']"],
+    ),
+    (
+        "feature missing from the target",
+        "prepare",
+        MINE,
+        _edit_target(lambda t: t.drop(columns="proline").to_csv(index=False).encode()),
+        ["{data}/target.csv", "proline"],
+    ),
+    # keys and values of the config
+    ("misspelt key", "finetune", ["transfer.paitence=3"], None, ["unknown config key transfer.paitence (did you mean transfer.patience?)"]),
+    ("wrong type for a key", "finetune", ["transfer.lr=fast"], None, ["config key transfer.lr: Value 'fast'"]),
+    (
+        "wrong type for a strategy's key",
+        "finetune",
+        ["transfer.strategies.l2sp.alpha=big"],
+        None,
+        ["transfer strategy l2sp: key alpha='big' must be a number"],
+    ),
+    ("wrong type for a model's key", "pretrain", ["model.hidden=wide"], None, ["model backbone: key hidden='wide' must be a list of whole numbers"]),
+    ("a layer of width 0", "pretrain", ["model.hidden=[0]"], None, ["model backbone: hidden sizes must be whole numbers >= 1, got [0]"]),
+    ("batch size 0", "finetune", ["transfer.batch_size=0"], None, ["config key transfer.batch_size must be >= 1, got 0"]),
+    ("negative epochs", "multitask", ["exp=exam_schools", "multitask.max_epochs=-1"], None, ["config key multitask.max_epochs must be >= 1, got -1"]),
+    ("no seeds", "finetune", ["transfer.seeds=[]"], None, ["config key transfer.seeds is empty"]),
+    ("unknown baseline", "finetune", ["transfer.baseline=nope"], None, ["transfer.baseline='nope' is not one of transfer.strategies"]),
+    (
+        "misspelt experiment key",
+        "prepare",
+        ["+experiments.mnist_to_digits.budget=[1]"],
+        None,
+        ["experiments.mnist_to_digits.budget: did you mean budgets?"],
+    ),
+    ("experiment without a split", "prepare", ["~experiments.mnist_to_digits.split"], None, ["lacks `split:` (experiments.mnist_to_digits.split)"]),
+    (
+        "split fractions summing past 1",
+        "prepare",
+        [*MINE, "experiments.mine.split.val=0.8", "experiments.mine.split.test=0.3"],
+        None,
+        ["split: val=0.8 and test=0.3 must be positive and sum to less than 1"],
+    ),
+    ("seed not in transfer.seeds", "finetune", ["seed=9"], None, ["unknown seed [9]; valid: [0, 1]"]),
+    ("budget not in the experiment", "finetune", ["budget=7"], None, ["unknown label budget [7]; valid: [1, 3]"]),
+    # candidate sources and source models
+    (
+        "candidate source that does not exist",
+        "pretrain",
+        ["candidate=nope"],
+        None,
+        ["unknown candidate source of experiment mnist_to_digits ['nope']"],
+    ),
+    (
+        "misspelt candidate key",
+        "pretrain",
+        ["+sources.mine.exp=mnist_to_digits", "+sources.mine.dat={{}}", "candidate=mine"],
+        None,
+        ["sources.mine.dat"],
+    ),
+    (
+        "score that does not exist",
+        "extract",
+        ["knowledge.scores.logme._target_=pipeline.knowledge.logme.Nope"],
+        None,
+        ["knowledge.scores.logme", "Nope"],
+    ),
+    (
+        "source model file missing",
+        "pretrain",
+        ["experiments.mnist_to_digits.source_model={data}/nope.pt"],
+        None,
+        ["source_model {data}/nope.pt: no such file"],
+    ),
+    (
+        "checkpoint from another architecture",
+        "pretrain",
+        ["experiments.mnist_to_digits.source_model={data}/other.pt"],
+        _other_architecture,
+        ["source_model {data}/other.pt: the model takes inputs of size 10, the target's rows have 64 features"],
+    ),
+    # multitask and report
+    ("unknown scheme", "multitask", ["exp=exam_schools", "scheme=nope"], None, ["unknown scheme ['nope']", "single_task"]),
+    (
+        "malformed multitask baseline",
+        "multitask",
+        ["exp=exam_schools", "multitask.baseline=nope"],
+        None,
+        ["multitask.baseline must be <scheme>+<weighting>"],
+    ),
+    ("report before finetune", "report", [], None, ["missing upstream output artifacts/mnist_to_digits/finetune"]),
+    # the tracking store
+    (
+        "store folder that does not exist",
+        "pretrain",
+        ["tracking.uri=sqlite:///{project}/nowhere/mlflow.db"],
+        None,
+        ["the folder {project}/nowhere does not exist"],
+    ),
+    ("store that is not SQLite", "pretrain", [STORE], _store("garbage"), [STORE_URI, "is not a SQLite database"]),
+    ("store of another application", "pretrain", [STORE], _store("other app"), [STORE_URI, "not an MLflow store (tables ['invoices'])"]),
+    ("store at an older schema", "pretrain", [STORE], _store("old schema"), [STORE_URI, "older than MLflow", "mlflow db upgrade"]),
+    ("store of a newer MLflow", "pretrain", [STORE], _store("new schema"), [STORE_URI, "f0f0f0f0f0f0, which MLflow", "does not know"]),
+    ("read-only store", "pretrain", [STORE], _store("read-only file"), [STORE_URI, "mlflow.db is read-only"]),
+    ("store in a read-only folder", "pretrain", [STORE], _store("read-only folder"), [STORE_URI, "the folder {project}/store is read-only"]),
+    # where outputs go
+    (
+        "artifacts at /etc",
+        "prepare",
+        ["paths.artifacts=/etc"],
+        None,
+        ["config key paths.artifacts: '/etc' lies outside the project's output folders"],
+    ),
+    (
+        "reports two folders up",
+        "report",
+        ["paths.reports=../.."],
+        None,
+        ["config key paths.reports: '../..' lies outside", "PIPELINE_ALLOWED_OUTPUTS"],
+    ),
+    ("artifacts in the sources", "pretrain", ["paths.artifacts=src"], None, ["config key paths.artifacts: 'src' lies outside"]),
+    (
+        "artifacts through a link out",
+        "prepare",
+        ["paths.artifacts=artifacts/elsewhere"],
+        _escaping_link,
+        ["paths.artifacts: 'artifacts/elsewhere' lies outside"],
+    ),
+]
+
+
+def _outputs(project: Path) -> dict:
+    return {k: v for k, v in _tree(project).items() if k.split("/")[0] in ("artifacts", "reports")}
+
+
+@pytest.mark.parametrize("fault,stage,args,setup,fragments", STAGE_FAULTS, ids=[c[0] for c in STAGE_FAULTS])
+def test_catalogue_of_stage_faults(pipeline_run, tmp_path, fault, stage, args, setup, fragments):
+    import shutil
+    import subprocess
+
+    project, data = tmp_path / "project", tmp_path / "data"
+    data.mkdir()
+    wine_tables(data)
+    for part in ("data", "sources", "knowledge"):
+        shutil.copytree(pipeline_run["tmp"] / "artifacts" / "mnist_to_digits" / part, project / "artifacts" / "mnist_to_digits" / part)
+    (project / "reports").mkdir()
+    (project / "reports" / "earlier.md").write_text("an earlier report\n")
+    shutil.copy(_mlflow_db(), project / "mlflow.db")  # tracking.uri's default: a new store would cost seconds of migrations
+    if setup:
+        setup(project, data)
+    names = {"data": data, "project": project}
+    before = _outputs(project)
+    try:
+        code, _, err = run_inprocess(stage, *(a.format(**names) for a in args), cwd=project)
+    finally:
+        while READ_ONLY:
+            subprocess.run(["chattr", "-i", str(READ_ONLY.pop())], check=True)
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if " INFO mlflow." not in line]  # MLflow logs to stderr itself
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    for fragment in fragments:
+        assert fragment.format(**names) in lines[0], lines[0]
+    assert _outputs(project) == before, "artifacts/ or reports/ changed"

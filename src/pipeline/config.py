@@ -195,12 +195,46 @@ def candidates(cfg: DictConfig, name: str) -> dict[str, CandidateConfig]:
 SCHEMAS = {"trainer": TrainerConfig, "pretrain": PretrainConfig, "transfer": TransferConfig, "multitask": MultitaskConfig}
 
 
+# Values a type admits but training cannot use (a batch of 0 divides by zero deep in a worker; -1 epochs
+# trains nothing and says nothing): (smallest value, whether it is allowed itself).
+RANGES = {
+    "lr": (0, False),
+    "batch_size": (1, True),
+    "max_epochs": (1, True),
+    "patience": (0, True),
+    "min_steps_per_epoch": (1, True),
+    "workers": (0, True),
+    "val_every_n_epochs": (1, True),
+    "steps_per_batch": (0, True),
+    "trials": (1, True),
+    "folds": (1, True),
+}
+
+
+def check_ranges(obj: Any, name: str) -> None:
+    """The numbers of a validated node (and its nested nodes) within RANGES; lists of seeds not empty."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            check_ranges(value, f"{name}.{f.name}")
+        elif f.name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, inclusive = RANGES[f.name]
+            if value < low or (value == low and not inclusive):
+                raise PipelineError(f"config key {name}.{f.name} must be {'>=' if inclusive else '>'} {low}, got {value}")
+        elif f.name == "seeds" and not value:
+            raise PipelineError(f"config key {name}.seeds is empty; list at least one seed, e.g. [0]")
+
+
 def validate(node: Any, name: str):
     """`node` checked against the schema of config node `name`: the dataclass instance."""
     schema = SCHEMAS[name]
     if not OmegaConf.is_config(node) and not isinstance(node, dict):
         raise PipelineError(f"config node {name} must be a mapping of {sorted(f.name for f in fields(schema))}, got {node!r}")
-    return OmegaConf.to_object(_merge(schema, node, name))
+    obj = OmegaConf.to_object(_merge(schema, node, name))
+    check_ranges(obj, name)
+    if name == "transfer" and obj.baseline not in obj.strategies:
+        raise PipelineError(f"transfer.baseline={obj.baseline!r} is not one of transfer.strategies {sorted(obj.strategies)}")
+    return obj
 
 
 def unknown_key(node: str, key: str, valid: list[str]) -> PipelineError:
@@ -352,8 +386,45 @@ def check_names(cfg: DictConfig) -> None:
         raise PipelineError(f"config key exp: the experiment name {str(exp)!r} {name_refusal(exp)}")
 
 
+# The project's output folders (dvc.yaml's outs, .gitignore): `paths.*` may point inside them, relative to
+# the working directory, the project a stage runs in. Elsewhere only with PIPELINE_ALLOWED_OUTPUTS (folders,
+# os.pathsep-separated), set by whoever runs the pipeline, never by a config file.
+OUTPUT_FOLDERS = ("artifacts", "reports")
+
+
+def allowed_outputs() -> list[Path]:
+    extra = [p.strip() for p in os.environ.get("PIPELINE_ALLOWED_OUTPUTS", "").split(os.pathsep) if p.strip()]
+    return [Path.cwd() / f for f in OUTPUT_FOLDERS] + [Path(p) for p in extra]
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Where outputs go (`paths.artifacts`, `paths.reports`): inside the project's output folders. Stages
+    replace whole folders under them (`<artifacts>/<experiment>/finetune`), so `paths.artifacts=src` or
+    `/home/me` in a shared config would delete what lies there. Checked on the path as written and on
+    where it leads through symbolic links."""
+    paths = cfg.get("paths")
+    if not OmegaConf.is_dict(paths):
+        raise PipelineError(f"config key paths must be a mapping of output folders (artifacts, reports), got {paths!r}")
+    allowed = allowed_outputs()
+    for key, value in paths.items():
+        if not isinstance(value, str) or not value.strip():
+            raise PipelineError(f"config key paths.{key} must be a folder name, got {value!r}")
+        target = Path.cwd() / os.path.normpath(value)
+        if not any(_inside(target, a) and _inside(target.resolve(), a.resolve()) for a in allowed):
+            raise PipelineError(
+                f"config key paths.{key}: {value!r} lies outside the project's output folders {[str(a) for a in allowed]};"
+                f" a config may not put outputs elsewhere (set PIPELINE_ALLOWED_OUTPUTS={target} to allow that folder)"
+            )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.normpath(path)), Path(os.path.normpath(folder))
+    return path == folder or folder in path.parents
+
+
 def check_untrusted(cfg: DictConfig) -> None:
-    """What a shared config could abuse, checked before a stage does anything: its `_target_`s and the
-    names that become output paths."""
+    """What a shared config could abuse, checked before a stage does anything: its `_target_`s, the
+    names that become output paths and the output folders."""
     check_targets(cfg)
     check_names(cfg)
+    check_paths(cfg)

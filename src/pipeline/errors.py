@@ -73,6 +73,7 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     finally:
         hydra_log.setLevel(level)
     check_keys(obj, [str(k) for k in cfg.keys() if not str(k).startswith("_")] + list(kwargs), what)
+    check_types(obj, cfg, what)
     try:
         # Hydra builds the arguments (nested configs included); we make the call ourselves, so that
         # an exception raised inside the target reaches the caller as itself, not wrapped by Hydra.
@@ -124,3 +125,63 @@ def check_keys(target: Any, keys: list[str], what: str) -> None:
     unknown = [k for k in keys if k not in named]
     if unknown:
         raise PipelineError(f"{what}: unknown key(s) {unknown} for {getattr(target, '__qualname__', target)}; it takes {named}")
+
+
+def check_types(target: Any, cfg: Any, what: str) -> None:
+    """Config values against the type hints of `target`'s parameters (`alpha: float`, `hidden:
+    Sequence[int]`): `alpha: big` fails here, naming the key, rather than as a ValueError inside the
+    target. Hints it cannot judge (classes, callables, unresolvable names) pass."""
+    import typing
+
+    from omegaconf import OmegaConf
+
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # a hint naming what only a type checker imports: nothing to check against
+        return
+    values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    for key, value in values.items():
+        if not str(key).startswith("_") and key in hints and not _fits(value, hints[key]):
+            raise PipelineError(f"{what}: key {key}={value!r} must be {_describe(hints[key])}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    import collections.abc
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        if isinstance(value, str):  # a number YAML read as text ("1e-3")
+            try:
+                float(value) if hint is float else int(value)
+            except ValueError:
+                return False
+            return True
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is str:  # a number is read as the text it was written as (`classes: [0, 1]`)
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = args[0] if args and args[-1] is not Ellipsis or len(args) == 2 else None
+        return isinstance(value, (list, tuple)) and (item is None or all(_fits(v, item) for v in value))
+    return True
+
+
+def _describe(hint: Any) -> str:
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if origin is not None and args and all(a in names or typing.get_origin(a) for a in args) and len(args) > 1 and type(None) in args:
+        return " or ".join(_describe(a) for a in args)
+    if args:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return str(hint)

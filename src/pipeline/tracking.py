@@ -17,7 +17,7 @@ import functools
 import os
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,25 +96,143 @@ def check_store(configured: str | None = None) -> str:
         except (urllib.error.URLError, OSError, ValueError):
             pass  # answered /health a moment ago; MLflow's client reports whatever this is
     elif uri.startswith("sqlite:///"):
-        import sqlite3
-
-        path = Path(uri[len("sqlite:///") :])
-        if not path.parent.is_dir():
-            raise PipelineError(f"tracking store {uri}: the folder {path.parent} does not exist")
-        if not path.exists():
-            if not os.access(path.parent, os.W_OK):
-                raise PipelineError(f"tracking store {uri}: the folder {path.parent} is not writable")
-            return uri
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
-        except sqlite3.DatabaseError as exc:
-            raise PipelineError(f"tracking store {uri}: {path} is not a SQLite database ({exc})") from None
-        if tables and "experiments" not in tables:  # another application's database: MLflow would add its tables to it
-            raise PipelineError(f"tracking store {uri}: {path} is a SQLite database but not an MLflow store (tables {sorted(tables)[:5]})")
-        if not os.access(path, os.W_OK):
-            raise PipelineError(f"tracking store {uri}: {path} is read-only")
+        check_sqlite(uri, Path(uri[len("sqlite:///") :]))
     return uri
+
+
+def check_sqlite(uri: str, path: Path) -> None:
+    """The SQLite store `path` as MLflow needs it: a folder it can create the file in, or an MLflow
+    database at the schema revision this MLflow knows, that a write transaction can change. The write
+    is tried (and rolled back), not inferred from permissions: root ignores them, while an immutable
+    file, a read-only mount or a folder where SQLite cannot make its journal stop it all the same."""
+    import sqlite3
+    import tempfile
+    from contextlib import closing
+
+    if not path.parent.is_dir():
+        raise PipelineError(f"tracking store {uri}: the folder {path.parent} does not exist")
+    if not path.exists():
+        try:
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as exc:
+            raise PipelineError(f"tracking store {uri}: the folder {path.parent} is not writable ({exc.strerror})") from None
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+            revision = db.execute("select version_num from alembic_version").fetchone() if "alembic_version" in tables else None
+    except sqlite3.DatabaseError as exc:
+        raise PipelineError(f"tracking store {uri}: {path} is not a SQLite database ({exc})") from None
+    if tables and "experiments" not in tables:  # another application's database: MLflow would add its tables to it
+        raise PipelineError(f"tracking store {uri}: {path} is a SQLite database but not an MLflow store (tables {sorted(tables)[:5]})")
+    if revision:
+        check_schema(uri, path, revision[0])
+    try:
+        with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as db:
+            db.execute("begin immediate")
+            db.execute("create table pipeline_write_probe (x integer)")  # a page written: SQLite needs its journal beside the file
+            db.execute("rollback")
+    except sqlite3.OperationalError as exc:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name in ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN"):
+            raise PipelineError(
+                f"tracking store {uri}: the folder {path.parent} is read-only ({exc}): SQLite cannot write its journal beside {path.name},"
+                " so MLflow cannot log runs"
+            ) from None
+        if name.startswith("SQLITE_READONLY"):
+            raise PipelineError(f"tracking store {uri}: {path} is read-only ({exc}); MLflow cannot log runs to it") from None
+        if name == "SQLITE_BUSY":
+            raise PipelineError(f"tracking store {uri}: {path} stayed locked by another process for 30 s ({exc})") from None
+        raise PipelineError(f"tracking store {uri}: {path} cannot be written ({exc})") from None
+
+
+def check_schema(uri: str, path: Path, revision: str) -> None:
+    """An MLflow store at another schema revision than this MLflow's: MLflow itself fails on it when the
+    first run starts, with a traceback. Its migrations (alembic) say whether the store is older, to be
+    upgraded, or unknown to this MLflow, made by a newer one."""
+    import importlib.metadata
+    import importlib.util
+
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    migrations = Path(importlib.util.find_spec("mlflow").origin).parent / "store" / "db_migrations"
+    script = ScriptDirectory(str(migrations))
+    head, version = script.get_current_head(), importlib.metadata.version("mlflow")
+    if revision == head:
+        return
+    try:
+        known = script.get_revision(revision) is not None
+    except CommandError:  # alembic's "No such revision"
+        known = False
+    if known:
+        raise PipelineError(
+            f"tracking store {uri}: {path} is at MLflow schema revision {revision}, older than MLflow {version}'s {head};"
+            f" back it up, then run `mlflow db upgrade {uri}`"
+        )
+    raise PipelineError(
+        f"tracking store {uri}: {path} is at MLflow schema revision {revision}, which MLflow {version} does not know (a newer MLflow"
+        " made it); upgrade MLflow, or point tracking.uri at another store"
+    )
+
+
+# MLflow's error codes for a store that stopped answering: SQLite's OperationalError (read-only, locked,
+# disk full or I/O), a server that does not answer or answers 5xx. Other codes are requests the store
+# refused (a bug of ours): those keep their traceback.
+STORE_DOWN = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR")
+
+
+@contextmanager
+def store_guard(
+    what: str,
+    uri: str | None,
+    out: Path,
+    planned: Callable[[], list[str]],
+    finished: Callable[[], list[dict]],
+    label: Callable[[dict], str],
+    relpath: Callable[[dict], str],
+) -> Iterator[None]:
+    """Around a grid whose results are written to `out` once all are logged: if the tracking store fails
+    mid-grid, the results `finished()` holds (those with a `run_id`: logged) are written to
+    `<out>.incomplete/` (`relpath(record)` as in `out`, and `incomplete.json` naming the store, the error
+    and the runs not logged), and the error names the runs of `planned()` not logged. A grid that
+    completes removes an earlier one's `.incomplete` folder."""
+    import shutil
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.io import atomic_dir, write_json
+
+    incomplete = out.with_name(out.name + ".incomplete")
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code not in STORE_DOWN:
+            raise
+        done = [r for r in finished() if r.get("run_id")]
+        logged = [label(r) for r in done]
+        missing = [p for p in planned() if p not in logged]
+        inner = exc  # the store's own words: SQLite's error, the HTTP connection's
+        while inner.__cause__ or inner.__context__:
+            inner = inner.__cause__ or inner.__context__
+        reason = (str(inner).strip().splitlines() or [exc.error_code])[0][:300]
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        if not done:  # nothing to keep: no folder
+            raise PipelineError(
+                f"{what}: the tracking store {tracking_uri(uri)} failed ({reason}); none of the {len(missing)} results was logged"
+            ) from exc
+        with atomic_dir(incomplete) as tmp:
+            for r in done:
+                write_json(tmp / relpath(r), r)
+            summary = {"stage": what, "tracking_uri": tracking_uri(uri), "error": str(exc.message)[:5000], "logged": logged, "not_logged": missing}
+            write_json(tmp / "incomplete.json", summary)
+        raise PipelineError(
+            f"{what}: the tracking store {tracking_uri(uri)} failed mid-grid ({reason}); {len(done)} of {len(done) + len(missing)} results"
+            f" were logged and are saved in {incomplete}; not logged: {shown or 'none'} (listed in {incomplete / 'incomplete.json'});"
+            " rerun the stage once the store is back"
+        ) from exc
+    shutil.rmtree(incomplete, ignore_errors=True)  # an earlier grid's partial results: superseded
 
 
 def pipeline_outputs(root: Path) -> list[str]:

@@ -25,6 +25,8 @@ class MLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise PipelineError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if any(int(h) < 1 for h in hidden):
+            raise PipelineError(f"hidden sizes must be whole numbers >= 1, got {list(hidden)}")
         dims = [int(input_dim), *map(int, hidden)]
         self.blocks = nn.ModuleList(Block(dims[i], dims[i + 1], dropout, activation) for i in range(len(dims) - 1))
         self.out_dim = dims[-1]

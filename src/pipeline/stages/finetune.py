@@ -61,10 +61,23 @@ def source_lineage(ckpt: dict) -> dict:
     return {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")}
 
 
-def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict, candidate: str | None = None) -> list[dict]:
+def fit_linear(
+    cfg: DictConfig,
+    exp_name: str,
+    tgt,
+    budgets,
+    seeds,
+    tracker,
+    name: str,
+    x,
+    source: dict,
+    candidate: str | None = None,
+    records: list | None = None,
+) -> list[dict]:
     """The linear sanity baseline `name` on inputs x (the raw inputs, or the source's features) at every
-    budget x seed: one MLflow run and one result record each. `candidate`: x are that candidate
-    source's features (extract), the linear probe the sources report ranks candidates by."""
+    budget x seed: one MLflow run and one result record each, appended to `records` as each is logged
+    (what a store failing mid-way keeps). `candidate`: x are that candidate source's features (extract),
+    the linear probe the sources report ranks candidates by."""
     import torch
 
     from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
@@ -74,7 +87,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
     task, y = tgt.tasks[0], tgt.y[:, 0]
     params = linear_params(cfg, name, source["run_id"])
     lineage = source_lineage(source) if name == LINEAR_FEATURES else {}
-    records = []
+    records = [] if records is None else records
     for k in budgets:
         for seed in seeds:
             index = budget_index(y, tgt.splits, task.kind, k, seed, cfg.transfer.val_labels)
@@ -197,6 +210,26 @@ def train_beside(context: dict, job_list: list) -> list[dict]:
     return []
 
 
+def result_label(r: dict) -> str:
+    """One result (a strategy, linear baseline or candidate's probe at a budget x seed), as an error names it."""
+    return f"{r['strategy']}{'@' + r['candidate'] if r.get('candidate') else ''} k={r['budget']} seed={r['seed']}"
+
+
+def result_path(r: dict) -> str:
+    """Where a result is written, relative to the stage's output folder."""
+    return f"{'sources/' + r['candidate'] if r.get('candidate') else r['strategy']}/k{r['budget']}_seed{r['seed']}.json"
+
+
+def grid_labels(job_list: list[tuple], classic: list[str], budgets: list, seeds: list, views: list[str]) -> list[str]:
+    """The `result_label` of every result the grid makes: the strategies' (trials collapsed), the linear baselines' and the probes'."""
+    from pipeline.multitask.baselines import LINEAR_FEATURES
+
+    keys = [*dict.fromkeys((s, k, seed) for s, k, seed, _ in job_list)]
+    keys += [(c, k, seed) for c in classic for k in budgets for seed in seeds]
+    keys += [(f"{LINEAR_FEATURES}@{v}", k, seed) for v in views for k in budgets for seed in seeds]
+    return [f"{s} k={k} seed={seed}" for s, k, seed in keys]
+
+
 def run(cfg: DictConfig) -> list[dict]:
     from pipeline.config import settings
 
@@ -225,7 +258,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.multitask.baselines import LINEAR, LINEAR_FEATURES
     from pipeline.report.tuning import fmt_setting
     from pipeline.resume import Resume, reap
-    from pipeline.tracking import Tracker, digest
+    from pipeline.tracking import Tracker, digest, store_guard
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
 
@@ -257,7 +290,17 @@ def run(cfg: DictConfig) -> list[dict]:
     if follower(trainer_cfg):
         return train_beside(context, job_list)
     metric = task.primary
-    results, failures = [], []
+    results, failures, linear_results, probes = [], [], [], []
+    views = [v for v in knowledge.get("candidates", {}) if v != OWN_SOURCE] if LINEAR_FEATURES in classic else []
+    guard = store_guard(
+        f"finetune {name}",
+        cfg.tracking.uri,
+        paths.finetune,
+        lambda: grid_labels(job_list, classic, budgets, seeds, views),
+        lambda: [*linear_results, *probes, *results],
+        result_label,
+        result_path,
+    )
     # The runs a killed earlier try of this stage (same config and inputs) finished are kept, not retrained.
     # Not under DDP: both processes must train the same jobs in the same order.
     inputs = {"data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"], "knowledge_run_id": knowledge["run_id"]}
@@ -265,26 +308,30 @@ def run(cfg: DictConfig) -> list[dict]:
     todo = [job for job in job_list if state.done(job) is None]
     if len(todo) < len(job_list):
         print(f"finetune {name}: resumed: {len(job_list) - len(todo)} of {len(job_list)} grid runs reused from the killed run", flush=True)
-    with jobs(train_one, context, todo, worker_count(trainer_cfg.workers, len(todo), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+
+    def linear_once(key: tuple, into: list, *args, **kwargs) -> None:
+        """fit_linear's records appended to `into` as each is logged (what a failing store keeps), or
+        the records a killed earlier try finished."""
+        n = len(into)
+        got = state.once(key, lambda: fit_linear(cfg, name, tgt, budgets, seeds, tracker, *args, **kwargs, records=into)[n:])
+        if len(into) == n:  # reused, not fitted
+            into += got
+
+    with jobs(train_one, context, todo, worker_count(trainer_cfg.workers, len(todo), trainer_cfg.accelerator, trainer_cfg.devices)) as outs, guard:
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         reap(tracker, "finetune")
         # The linear baselines are fitted here while the workers train.
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
-        linear_results = [
-            r for c in classic for r in state.once(("linear", c), lambda c=c: fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt))
-        ]
+        for c in classic:
+            linear_once(("linear", c), linear_results, c, inputs[c], ckpt)
         # The linear probe on every other candidate source's features (extract), for the sources report.
-        probes = []
         if LINEAR_FEATURES in classic:
             for view, part in knowledge.get("candidates", {}).items():
                 if view == OWN_SOURCE:
                     continue
                 x = np.load(paths.knowledge / "candidates" / view / "features.npy")
                 source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
-                probes += state.once(
-                    ("probe", view),
-                    lambda x=x, source=source, view=view: fit_linear(cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, x, source, view),
-                )
+                linear_once(("probe", view), probes, LINEAR_FEATURES, x, source, view)
         configured = {s: run_params(cfg, s) for s in strategy_names}
         group: list[dict] = []
         for strategy_name, k, seed, trial in job_list:

@@ -252,7 +252,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.data import TaskSet
     from pipeline.io import write_tree
     from pipeline.resume import Resume, reap
-    from pipeline.tracking import Tracker, digest
+    from pipeline.tracking import Tracker, digest, store_guard
     from pipeline.training.parallel import jobs, worker_count
 
     paths = layout(cfg, name)
@@ -284,15 +284,29 @@ def run(cfg: DictConfig) -> list[dict]:
         left = [i for i in range(len(archs)) if (*key, i) not in done]
         job_list += ([(*key, archs)] if left else []) if batched[key] else [(*key, archs[i]) for i in left]
     classic_wanted = cfg.get("scheme") is None and cfg.get("weighting") is None
-    results, skipped, failures = [], None, []
-    with jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+    results, skipped, failures, fitted, neural = [], None, [], [], []
+    guard = store_guard(
+        f"multitask {name}",
+        cfg.tracking.uri,
+        paths.multitask,
+        lambda: (
+            [f"{c}+sklearn seed=0" for c in (mcfg.classic if classic_wanted else []) if c not in (skipped or {})]
+            + [f"{scheme}+{wname} seed={seed}" for (scheme, wname, seed), _ in groups]
+        ),
+        lambda: [*fitted, *neural],
+        lambda r: f"{r['scheme']}+{r['weighting']} seed={r['seed']}",
+        lambda r: f"{r['scheme']}+{r['weighting']}/seed{r['seed']}.json",
+    )
+    with (
+        jobs(train_job, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs,
+        guard,
+    ):
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         reap(tracker, "multitask")
         if classic_wanted:
             # Fitted here while the workers train: deterministic fits, one MLflow run each, next to
             # the neural runs they are compared with.
             fitted, skipped = state.once(("classic",), lambda: log_classic(tracker, name, ts, mcfg))
-        neural = []
         for (scheme, wname, seed), archs in groups:
             candidates, members = [], None
             configured = run_params(cfg, scheme, wname)
