@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-STAGES = ("prepare", "pretrain", "extract", "finetune", "multitask", "report")
+STAGES = ("prepare", "pretrain", "extract", "finetune", "rank", "multitask", "report")
 USAGE = f"""usage: pipeline <stage> [hydra overrides...]
 
 stages: {", ".join(STAGES)}

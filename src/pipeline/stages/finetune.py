@@ -61,10 +61,12 @@ def source_lineage(ckpt: dict) -> dict:
     return {"source_run_id": ckpt["run_id"], "source_model_id": ckpt.get("model_id")}
 
 
-def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict, candidate: str | None = None) -> list[dict]:
+def fit_linear(
+    cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, name: str, x, source: dict, candidate: str | None = None, stage: str = "finetune"
+) -> list[dict]:
     """The linear sanity baseline `name` on inputs x (the raw inputs, or the source's features) at every
     budget x seed: one MLflow run and one result record each. `candidate`: x are that candidate
-    source's features (extract), the linear probe the sources report ranks candidates by."""
+    source's features (extract), the linear probe the sources report ranks candidates by (stage `rank`)."""
     import torch
 
     from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
@@ -85,7 +87,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
             }
             seconds = time.perf_counter() - start
             with tracker.run(
-                "finetune",
+                stage,
                 variant=f"{name}@{candidate}" if candidate else name,
                 seed=seed,
                 data_hash=tgt.data_hash,
@@ -113,7 +115,7 @@ def fit_linear(cfg: DictConfig, exp_name: str, tgt, budgets, seeds, tracker, nam
             )
             metric = f"test/{task.primary}"
             label = f"{name}@{candidate}" if candidate else name
-            print(f"finetune {exp_name} {label:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
+            print(f"{stage} {exp_name} {label:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
     return records
 
 
@@ -206,7 +208,6 @@ def run(cfg: DictConfig) -> list[dict]:
 
     import numpy as np
 
-    from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_json
     from pipeline.models import load_checkpoint
@@ -248,25 +249,6 @@ def run(cfg: DictConfig) -> list[dict]:
         # The linear baselines are fitted here while the workers train.
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
         linear_results = [r for c in classic for r in fit_linear(cfg, name, tgt, budgets, seeds, tracker, c, inputs[c], ckpt)]
-        # The linear probe on every other candidate source's features (extract), for the sources report.
-        probes = []
-        if LINEAR_FEATURES in classic:
-            for view, part in knowledge.get("candidates", {}).items():
-                if view == OWN_SOURCE:
-                    continue
-                x = np.load(paths.knowledge / "candidates" / view / "features.npy")
-                probes += fit_linear(
-                    cfg,
-                    name,
-                    tgt,
-                    budgets,
-                    seeds,
-                    tracker,
-                    LINEAR_FEATURES,
-                    x,
-                    {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")},
-                    view,
-                )
         configured = {s: run_params(cfg, s) for s in strategy_names}
         group: list[dict] = []
         for strategy_name, k, seed, trial in job_list:
@@ -376,9 +358,7 @@ def run(cfg: DictConfig) -> list[dict]:
     # Written only once every run has finished, so a failure leaves no partial results behind.
     for r in results:
         write_json(paths.finetune / r["strategy"] / f"k{r['budget']}_seed{r['seed']}.json", r)
-    for r in probes:
-        write_json(paths.finetune / "sources" / r["candidate"] / f"k{r['budget']}_seed{r['seed']}.json", r)
-    return results + probes
+    return results
 
 
 def objective(results: list[dict]) -> float:
