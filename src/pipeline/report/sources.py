@@ -227,10 +227,9 @@ def render(t: SourcesReport, found: Mapping | None = None) -> str:
         f"Two references rank the candidates by target test {t.metric}, mean over seeds, fitted on the same labelled rows:",
         f"the **linear probe** (`{PROBE}`: a linear model on the candidate's features) and **parameter transfer** (`{PARAM}`:",
         "the candidate's network fine-tuned on the target; a layer view `<candidate>:block<i>` transfers its first i blocks,",
-        "the rest and the head start afresh). Parameter transfer runs with its configured setting"
-        + (f" ({setting})" if setting else "")
-        + f", trial 0 of conf/transfer/{PARAM}.yaml: **untuned** (the own source's result is trial 0 of the finetune stage's runs,",
-        "the same setting).",
+        "the rest and the head start afresh).",
+        f"Parameter transfer runs with its configured setting{f' ({setting})' if setting else ''}, trial 0 of conf/transfer/{PARAM}.yaml:",
+        "**untuned** (the own source's result is trial 0 of the finetune stage's runs, the same setting).",
         "Kendall's τ compares a score's ranking of the candidates with a reference's (1: the same order, 0: unrelated,",
         "−1: reversed), with a 95 % bootstrap interval over seeds (3 seeds or more); weighted τ counts swaps near the top more.",
         "A score is worth using where its τ beats the naive baselines " + ", ".join(f"`{b}`" for b in t.baselines) + " over the same candidates.",
