@@ -265,7 +265,7 @@ def main(argv=None) -> None:
     import torch
     from omegaconf import open_dict
 
-    from pipeline.stages import extract, finetune, multitask, prepare, pretrain, report
+    from pipeline.stages import extract, finetune, multitask, prepare, pretrain, rank, report
     from pipeline.training import quiet
 
     quiet()
@@ -282,7 +282,7 @@ def main(argv=None) -> None:
             cfg.transfer.tuning.trials = args.trials
         tuning: list[tuple[str, int, float]] = []  # (experiment, trials, finetune seconds)
         candidates = SimpleNamespace(__name__="candidates", run=pretrain.run_candidates)  # DVC's candidate@<name> stages
-        chains = [(n, [prepare, pretrain, candidates, extract, finetune, report]) for n in cfg.experiments]
+        chains = [(n, [prepare, pretrain, candidates, extract, finetune, rank, report]) for n in cfg.experiments]
         chains += [(n, [prepare, multitask, report]) for n in cfg.multitask_experiments]
         t0 = time.perf_counter()
         for exp, stages in chains:

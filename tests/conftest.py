@@ -27,11 +27,13 @@ def pipeline_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def zoo_run(tmp_path_factory):
     """The transfer chain on mnist_to_digits with conf/'s candidate sources, fine-tuning only what the
-    sources report reads (the linear probe) and the baseline the transfer report needs."""
-    from pipeline.stages import extract, finetune, prepare, pretrain, report
+    sources report reads from the own source (the linear probe, parameter transfer) and the baseline the
+    transfer report needs; the rank stage fine-tunes from every other candidate."""
+    from pipeline.stages import extract, finetune, prepare, pretrain, rank, report
 
     tmp = tmp_path_factory.mktemp("zoo")
-    cfg, out = run_stages(tmp, (prepare, pretrain, candidates, extract, finetune, report), ["strategy=[scratch,linear_features]"], zoo=True)
+    stages = (prepare, pretrain, candidates, extract, finetune, rank, report)
+    cfg, out = run_stages(tmp, stages, ["strategy=[scratch,param_transfer,linear_features]"], zoo=True)
     return {"cfg": cfg, "tmp": tmp, **out}
 
 

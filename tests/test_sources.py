@@ -1,10 +1,15 @@
 """Candidate sources (`sources:`, conf/candidates/): each pretrained by its own run, scored by extract
-at every depth, probed by finetune, ranked in reports/<experiment>_sources.md."""
+at every depth, fine-tuned from by the rank stage (linear probe, parameter transfer), ranked in
+reports/<experiment>_sources.md."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import open_dict
@@ -93,13 +98,117 @@ def test_every_candidate_is_trained_registered_scored_probed_and_ranked(zoo_run)
     assert "leep" in knowledge["candidates"]["source:block1"]["not_applicable"]
     extract_runs = {r.data.tags.get("source") for r in runs if r.data.tags.get("stage") == "extract"}
     assert extract_runs == views
-    # The linear probe on each other view's features: one record per budget x seed, tagged with its source.
-    for v in views - {"source"}:
-        files = sorted((art / "finetune" / "sources" / v).glob("k*_seed*.json"))
-        assert len(files) == len(cfg.experiments[EXP].budgets) * len(cfg.transfer.seeds)
-        assert all(json.loads(f.read_text())["candidate"] == v for f in files)
-    probes = {r.data.tags.get("source") for r in runs if r.data.tags.get("strategy") == "linear_features" and r.data.tags.get("source")}
-    assert probes == views - {"source"}
+    # The rank stage: the linear probe and parameter transfer from every other view at every budget x seed,
+    # one MLflow run each, tagged with its source; the own source's last features are finetune's.
+    n = len(cfg.experiments[EXP].budgets) * len(cfg.transfer.seeds)
+    others = views - {"source"}
+    for strategy in ("linear_features", "param_transfer"):
+        for v in others:
+            files = sorted((art / "rank" / strategy / v).glob("k*_seed*.json"))
+            assert len(files) == n and all(json.loads(f.read_text())["candidate"] == v for f in files)
+        ranked = [r for r in runs if r.data.tags.get("stage") == "rank" and r.data.tags.get("strategy") == strategy]
+        assert Counter(r.data.tags["source"] for r in ranked) == {v: n for v in others}
+        assert {r.info.status for r in ranked} == {"FINISHED"}
+    assert not (art / "rank" / "param_transfer" / "source").exists()
+    # Untuned (trial 0, the configured setting); a whole candidate transfers its backbone, a layer view its first blocks.
+    whole = json.loads((art / "rank" / "param_transfer" / "uci_random" / "k1_seed0.json").read_text())
+    block = json.loads((art / "rank" / "param_transfer" / "uci_random:block1" / "k1_seed0.json").read_text())
+    assert whole["transfer"] == ["backbone"] and block["transfer"] == ["backbone.blocks.0"]
+    assert whole["setting"] == {"lr": cfg.transfer.lr, "source_lr_scale": cfg.transfer.strategies.param_transfer.source_lr_scale}
+    copied = {r.data.tags["source"]: r.data.metrics["fit/n_copied"] for r in ranked if r.data.tags["budget"] == "1" and r.data.tags["seed"] == "0"}
+    assert 0 < copied["uci_random:block1"] < copied["uci_random"]
+
     text = (tmp / "reports" / f"{EXP}_sources.md").read_text()
     assert all(f"`{v}`" in text for v in views)
-    assert text.count("| score | Kendall τ") == len(cfg.experiments[EXP].budgets)
+    budgets = cfg.experiments[EXP].budgets
+    # Per budget: a τ table against each reference, the rankings side by side, the figure.
+    assert text.count("| score | Kendall τ") == 2 * len(budgets)
+    assert text.count("### Against parameter transfer") == text.count("### Against the linear probe") == len(budgets)
+    assert text.count("| rank | linear probe | parameter transfer | logme |") == len(budgets)
+    assert "**untuned**" in text and "| k | against the linear probe | against parameter transfer |" in text
+    for k in budgets:
+        assert f"](figures/{EXP}_sources/k{k}.png)" in text
+        assert (tmp / "reports" / "figures" / f"{EXP}_sources" / f"k{k}.png").stat().st_size > 10_000
+    # The own source's parameter transfer is the finetune stage's result, not refitted.
+    own = [json.loads(f.read_text())["test"]["test/acc"] for f in (art / "finetune" / "param_transfer").glob("k1_seed*.json")]
+    row = next(line for line in text.split("## k = 1 ")[1].splitlines() if line.startswith("| `source` |"))
+    assert row.split("|")[3].strip().startswith(f"{sum(own) / len(own):.3f} ±")
+
+
+def _copy(zoo_run, tmp_path, overrides=()):
+    """A copy of the zoo chain's outputs and store: a stage can be rerun on it without touching the fixture's."""
+    tmp = tmp_path / "zoo"
+    shutil.copytree(zoo_run["tmp"], tmp)
+    return tmp, compose_cfg(tmp, ["strategy=[scratch,param_transfer,linear_features]", *overrides], zoo=True)
+
+
+def test_divergent_rank_fits_fail_and_are_listed(zoo_run, tmp_path, capsys, monkeypatch):
+    from pipeline.report import sources
+    from pipeline.stages import rank
+
+    monkeypatch.chdir(tmp_path)
+    tmp, cfg = _copy(zoo_run, tmp_path, ["experiments.mnist_to_digits.budgets=[1]", "transfer.seeds=[0]"])
+    with open_dict(cfg):
+        cfg.transfer.strategies.param_transfer.source_lr_scale = 1.0e33
+    out = rank.run(cfg)
+    failed = [r for r in out if r.get("failed")]
+    assert failed and all(r["strategy"] == "param_transfer" and "test" not in r for r in failed)
+    assert re.search(r"rank mnist_to_digits param_transfer@\S+ k=1 seed=0: the training loss diverged", failed[0]["failed"])
+    assert f"warning: rank {EXP}: {len(failed)} of 6 param_transfer runs failed" in capsys.readouterr().err
+    _, runs = mlflow_runs(cfg, EXP)
+    statuses = {r.info.run_id: r.info.status for r in runs}
+    assert all(statuses[r["run_id"]] == "FAILED" for r in failed)
+    # The report (the sources part alone: finetune's param_transfer results are stale under this setting).
+    art = tmp / "artifacts" / EXP
+    t = sources.load(art / "knowledge", art / "finetune", art / "rank", art / "sources", EXP, "acc", True, [1])
+    text = sources.render(t)
+    assert "## Failed runs" in text and all(r["run_id"] in text for r in failed)
+    assert {f["candidate"] for f in t.failed} == {r["candidate"] for r in failed}
+    assert not set(t.transfer.candidate) & {f["candidate"] for f in t.failed}  # a failed fit is not averaged in
+
+
+def test_rank_refuses_features_that_are_not_finite(zoo_run, tmp_path):
+    from pipeline.stages import rank
+
+    tmp, cfg = _copy(zoo_run, tmp_path)
+    path = tmp / "artifacts" / EXP / "knowledge" / "candidates" / "uci_random:block1" / "features.npy"
+    x = np.load(path)
+    x[3, 1] = np.inf
+    np.save(path, x)
+    before = sorted(p.name for p in (tmp / "artifacts" / EXP / "rank").rglob("*"))
+    with pytest.raises(
+        PipelineError, match=r"features of candidate uci_random:block1 \(.*features.npy\) hold NaN or infinite values in 1 rows, first at rows \[3\]"
+    ):
+        rank.run(cfg)
+    assert sorted(p.name for p in (tmp / "artifacts" / EXP / "rank").rglob("*")) == before  # nothing half-written
+
+
+def test_rank_refuses_a_labelled_subset_of_a_single_class(zoo_run, tmp_path):
+    from pipeline.data import TaskSet
+    from pipeline.stages import rank
+
+    tmp, cfg = _copy(zoo_run, tmp_path)
+    where = tmp / "artifacts" / EXP / "data" / "target"
+    ts = TaskSet.load(where)
+    ts.y[ts.splits["train"], 0] = 4.0
+    ts.save(where)
+    with pytest.raises(PipelineError, match=r"labelled rows at k=1, seed 0 hold a single class \(\[4\.0\]\)"):
+        rank.run(cfg)
+
+
+def test_a_score_on_features_that_are_not_finite_names_the_candidate_and_the_score(tmp_path):
+    from pipeline.errors import instantiate
+    from pipeline.stages.extract import transferability
+
+    cfg = compose_cfg(tmp_path)
+    scores = {s: instantiate(node, s) for s, node in cfg.knowledge.scores.items() if s in ("logme", "knn")}
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20).astype(np.float32)
+    splits = {"train": np.arange(0, 60, 2), "val": np.arange(1, 60, 2), "test": np.arange(1, 60, 2)}
+    x = rng.normal(size=(60, 4))
+    x[splits["train"], 2] = np.nan
+    with pytest.raises(PipelineError, match=r"^logme \(candidate mlp:block1, k=2, seed 0\): the source features hold NaN or infinite values"):
+        transferability(scores, {"features": x, "probs": None}, y, "classification", splits, [2], [0], "budget", "mlp:block1")
+    one = np.zeros(60, dtype=np.float32)
+    with pytest.raises(PipelineError, match=r"^logme \(candidate mlp, k=2, seed 0\): the labelled rows hold a single class"):
+        transferability(scores, {"features": rng.normal(size=(60, 4)), "probs": None}, one, "classification", splits, [2], [0], "budget", "mlp")

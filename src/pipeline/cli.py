@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-STAGES = ("prepare", "pretrain", "extract", "finetune", "multitask", "report")
+STAGES = ("prepare", "pretrain", "extract", "finetune", "rank", "multitask", "report")
 USAGE = f"""usage: pipeline <stage> [hydra overrides...]
 
 stages: {", ".join(STAGES)}

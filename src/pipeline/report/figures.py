@@ -247,3 +247,49 @@ def weights_over_training(weights: Mapping[str, list[dict]], cosines: Mapping[st
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def scores_against_results(
+    points: pd.DataFrame, scores: Sequence[str], references: Mapping[str, str], taus: Mapping, metric: str, title: str, baselines: Sequence[str] = ()
+):
+    """One panel per score: each candidate's score (x) against its fine-tuned test metric (y), both means
+    over seeds; one marker per reference (`references`: name -> label, e.g. the linear probe and
+    parameter transfer), one colour and number per candidate (the legend names them); each panel's title
+    gives the score's Kendall τ against each reference (`taus[(score, reference)]`, absent when not ranked);
+    the naive `baselines` are marked so.
+
+    points: candidate, score, reference, x, y."""
+    from matplotlib.lines import Line2D
+
+    cands = sorted(points.candidate.unique())
+    colour = colours(cands)
+    number = {c: i + 1 for i, c in enumerate(cands)}
+    markers = dict(zip(references, "o^sDv"))
+    ncols = min(4, max(1, len(scores)))
+    nrows = max(1, -(-len(scores) // ncols))
+    fig = _figure(figsize=(3.0 * ncols + 2.6, 2.7 * nrows + 0.6), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for ax in axes[len(scores) :]:
+        ax.set_visible(False)
+    for ax, score in zip(axes, scores):
+        here = points[points.score == score]
+        for ref in references:
+            for _, p in here[here.reference == ref].iterrows():
+                ax.scatter([p.x], [p.y], marker=markers[ref], color=colour[p.candidate], s=30, zorder=3)
+                ax.annotate(str(number[p.candidate]), (p.x, p.y), xytext=(3, 2), textcoords="offset points", fontsize=6)
+        parts = [f"{label.split()[-1]} {taus[(score, ref)]:+.2f}" for ref, label in references.items() if taus.get((score, ref)) is not None]
+        ax.set_title(
+            f"{score}{' (naive baseline)' if score in baselines else ''}" + (f"\nτ: {', '.join(parts)}" if parts else "\nτ: too few candidates"),
+            fontsize=8,
+        )
+        ax.set_xlabel(f"{score} (mean over seeds)", fontsize=7)
+        ax.set_ylabel(f"test {metric}", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if here.empty:
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    handles = [Line2D([], [], marker=markers[r], linestyle="", color="grey", label=label) for r, label in references.items()]
+    handles += [Line2D([], [], marker="o", linestyle="", color=colour[c], label=f"{number[c]} {c}") for c in cands]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -31,6 +31,7 @@ class Layout:
     sources = _output("sources")  # one folder per candidate source: the experiment's own is `source`
     knowledge = _output("knowledge")
     finetune = _output("finetune")
+    rank = _output("rank")  # fine-tuning from every candidate source (stages/rank.py)
     multitask = _output("multitask")
 
     @property

@@ -73,11 +73,12 @@ def fit_linear(
     source: dict,
     candidate: str | None = None,
     records: list | None = None,
+    stage: str = "finetune",
 ) -> list[dict]:
     """The linear sanity baseline `name` on inputs x (the raw inputs, or the source's features) at every
     budget x seed: one MLflow run and one result record each, appended to `records` as each is logged
     (what a store failing mid-way keeps). `candidate`: x are that candidate source's features (extract),
-    the linear probe the sources report ranks candidates by."""
+    the linear probe the sources report ranks candidates by (stage `rank`)."""
     import torch
 
     from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
@@ -98,7 +99,7 @@ def fit_linear(
             }
             seconds = time.perf_counter() - start
             with tracker.run(
-                "finetune",
+                stage,
                 variant=f"{name}@{candidate}" if candidate else name,
                 seed=seed,
                 data_hash=tgt.data_hash,
@@ -126,7 +127,7 @@ def fit_linear(
             )
             metric = f"test/{task.primary}"
             label = f"{name}@{candidate}" if candidate else name
-            print(f"finetune {exp_name} {label:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
+            print(f"{stage} {exp_name} {label:<18} k={k:<3} seed={seed} {metric}={test[metric]:.4f} (scikit-learn)", flush=True)
     return records
 
 
@@ -220,13 +221,10 @@ def result_path(r: dict) -> str:
     return f"{'sources/' + r['candidate'] if r.get('candidate') else r['strategy']}/k{r['budget']}_seed{r['seed']}.json"
 
 
-def grid_labels(job_list: list[tuple], classic: list[str], budgets: list, seeds: list, views: list[str]) -> list[str]:
-    """The `result_label` of every result the grid makes: the strategies' (trials collapsed), the linear baselines' and the probes'."""
-    from pipeline.multitask.baselines import LINEAR_FEATURES
-
+def grid_labels(job_list: list[tuple], classic: list[str], budgets: list, seeds: list) -> list[str]:
+    """The `result_label` of every result the grid makes: the strategies' (trials collapsed) and the linear baselines'."""
     keys = [*dict.fromkeys((s, k, seed) for s, k, seed, _ in job_list)]
     keys += [(c, k, seed) for c in classic for k in budgets for seed in seeds]
-    keys += [(f"{LINEAR_FEATURES}@{v}", k, seed) for v in views for k in budgets for seed in seeds]
     return [f"{s} k={k} seed={seed}" for s, k, seed in keys]
 
 
@@ -251,7 +249,6 @@ def run(cfg: DictConfig) -> list[dict]:
 
     import numpy as np
 
-    from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_tree
     from pipeline.models import load_checkpoint
@@ -290,14 +287,13 @@ def run(cfg: DictConfig) -> list[dict]:
     if follower(trainer_cfg):
         return train_beside(context, job_list)
     metric = task.primary
-    results, failures, linear_results, probes = [], [], [], []
-    views = [v for v in knowledge.get("candidates", {}) if v != OWN_SOURCE] if LINEAR_FEATURES in classic else []
+    results, failures, linear_results = [], [], []
     guard = store_guard(
         f"finetune {name}",
         cfg.tracking.uri,
         paths.finetune,
-        lambda: grid_labels(job_list, classic, budgets, seeds, views),
-        lambda: [*linear_results, *probes, *results],
+        lambda: grid_labels(job_list, classic, budgets, seeds),
+        lambda: [*linear_results, *results],
         result_label,
         result_path,
     )
@@ -324,14 +320,6 @@ def run(cfg: DictConfig) -> list[dict]:
         inputs = {LINEAR: tgt.x, LINEAR_FEATURES: features}
         for c in classic:
             linear_once(("linear", c), linear_results, c, inputs[c], ckpt)
-        # The linear probe on every other candidate source's features (extract), for the sources report.
-        if LINEAR_FEATURES in classic:
-            for view, part in knowledge.get("candidates", {}).items():
-                if view == OWN_SOURCE:
-                    continue
-                x = np.load(paths.knowledge / "candidates" / view / "features.npy")
-                source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
-                linear_once(("probe", view), probes, LINEAR_FEATURES, x, source, view)
         configured = {s: run_params(cfg, s) for s in strategy_names}
         group: list[dict] = []
         for strategy_name, k, seed, trial in job_list:
@@ -450,10 +438,9 @@ def run(cfg: DictConfig) -> list[dict]:
         )
     results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
-    files = {f"{r['strategy']}/k{r['budget']}_seed{r['seed']}.json": r for r in results}
-    write_tree(paths.finetune, files | {f"sources/{r['candidate']}/k{r['budget']}_seed{r['seed']}.json": r for r in probes})
+    write_tree(paths.finetune, {f"{r['strategy']}/k{r['budget']}_seed{r['seed']}.json": r for r in results})
     state.close()
-    return results + probes
+    return results
 
 
 def objective(results: list[dict]) -> float:

@@ -1,12 +1,14 @@
 """report: the experiment's comparison, from the results on disk of the current configuration.
 
 Transfer experiments (`report.transfer`): reports/<experiment>.md (strategy x label budget, mean
-over seeds with 95 % intervals, paired gain over `transfer.baseline` with its interval) and the label-efficiency
-figure. Multitask experiments (`report.multitask`): Δm of every method against `multitask.baseline`
-(per-task mean and over test rows; `delta_m` in the metrics and plot is the one the verdict rests on),
-per-task changes and the task-weight figure. Both also write the compact DVC metrics file (means only)
-and the plots file (`report.outputs`, all at once), and log the report and figures as artifacts of a
-`report` run in MLflow with its summary metrics.
+over seeds with 95 % intervals, paired gain over `transfer.baseline` with its interval) and the
+label-efficiency figure; `report.sources`: reports/<experiment>_sources.md (the candidate sources
+ranked by each score against fine-tuning from each) and its figures, one per budget. Multitask
+experiments (`report.multitask`): Δm of every method against `multitask.baseline` (per-task mean and
+over test rows; `delta_m` in the metrics and plot is the one the verdict rests on), per-task changes
+and the task-weight figure. Both also write the compact DVC metrics file (means only) and the plots
+file (`report.outputs`, all at once), and log the report and figures as artifacts of a `report` run
+in MLflow with its summary metrics.
 """
 
 from __future__ import annotations
@@ -67,13 +69,16 @@ def run_transfer(cfg: DictConfig) -> dict:
     name, fig = t.name, f"figures/{t.name}_label_efficiency.png"
     metrics = transfer.dvc_metrics(t)
     paths = layout(cfg, name)
-    zoo = sources.load(paths.knowledge, paths.finetune, paths.sources, name, t.task.primary, t.task.higher_is_better, t.exp.budgets)
+    zoo = sources.load(paths.knowledge, paths.finetune, paths.rank, paths.sources, name, t.task.primary, t.task.higher_is_better, t.exp.budgets)
+    found = sources.agreements(zoo)  # the bootstraps, once for the text and the figures
+    zoo_figs = sources.figures(zoo, found)
     written = outputs.write(
         cfg.paths.reports,
         {
             f"{name}.md": transfer.render(t, fig, shown_store(cfg)),
-            f"{name}_sources.md": sources.render(zoo),
+            f"{name}_sources.md": sources.render(zoo, found),
             fig: transfer.figure(t),
+            sources.figure_dir(name): outputs.Directory(zoo_figs),
             f"metrics/{name}": metrics_dir(metrics),
             f"plots/{name}.csv": transfer.dvc_plot(t),
         },
@@ -81,7 +86,8 @@ def run_transfer(cfg: DictConfig) -> dict:
     outputs.log(
         cfg,
         name,
-        {k: written[k] for k in (f"{name}.md", f"{name}_sources.md", fig)},
+        {k: written[k] for k in (f"{name}.md", f"{name}_sources.md", fig)}
+        | {f"{sources.figure_dir(name)}/{f}": written[sources.figure_dir(name)] / f for f in zoo_figs},
         data_hash=t.data_hash,
         source_run_id=t.source["run_id"],
         params={"n_runs": t.n_runs, "n_stale": len(t.stale), "baseline": t.baseline},
