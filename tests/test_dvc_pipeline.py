@@ -34,7 +34,7 @@ def test_dvc_repro_reruns_exactly_what_changed(tmp_path):
     tiny = [
         *TINY,
         "~experiment@experiments.mnist_new_classes",
-        *(f"~candidates@sources.{c}" for c in ("raw_shallow", "raw_random", "mnist_uci_0to4", "mnist_uci_narrow")),  # one candidate left
+        *(f"~candidates@sources.{c}" for c in ("raw_shallow", "raw_random", "raw_lenet", "mnist_uci_0to4", "mnist_uci_narrow")),  # one candidate left
         "transfer.seeds=[0]",
         "multitask.seeds=[0]",
         *(f"~experiment@multitask_experiments.{e}" for e in ("multimnist", "exam_schools", "star")),

@@ -18,6 +18,13 @@ from pipeline.errors import PipelineError
 from pipeline.report.sources import SourcesReport, agreement
 from support import compose_cfg, mlflow_runs
 
+
+@pytest.fixture(autouse=True)
+def outputs_in_tmp(tmp_path, monkeypatch):
+    """Stages below run on copies in tmp_path from the repository's directory: outputs allowed there."""
+    monkeypatch.setenv("PIPELINE_ALLOWED_OUTPUTS", str(tmp_path))
+
+
 EXP = "mnist_to_digits"
 
 

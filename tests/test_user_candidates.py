@@ -53,6 +53,8 @@ def user_zoo(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_tracking_uri(None)  # MLflow's global URI unset, as in a fresh `pipeline pretrain` process
     tmp = tmp_path_factory.mktemp("user")
+    # Outputs outside the working directory, as a user allows them (pipeline.config.check_paths).
+    os.environ["PIPELINE_ALLOWED_OUTPUTS"] = os.pathsep.join([str(tmp / "artifacts"), str(tmp / "reports")])
     work, _ = tmp / "work", (tmp / "store").mkdir()
     work.mkdir()
     cfg = _cfg(tmp, MINE)
@@ -74,7 +76,8 @@ def user_zoo(tmp_path_factory):
             one.candidate = name
         summaries[name] = _in(work, lambda one=one: pretrain.run(one))
     knowledge = _in(work, lambda: extract.run(cfg))
-    return {"cfg": cfg, "tmp": tmp, "work": work, "ckpt": ckpt, "own": own, "pretrain": summaries, "extract": knowledge}
+    yield {"cfg": cfg, "tmp": tmp, "work": work, "ckpt": ckpt, "own": own, "pretrain": summaries, "extract": knowledge}
+    os.environ.pop("PIPELINE_ALLOWED_OUTPUTS", None)
 
 
 def test_pretrain_registers_in_a_store_away_from_the_working_directory(user_zoo):
@@ -187,7 +190,7 @@ def test_a_bad_user_candidate_exits_2_from_the_command_line(user_zoo):
         f"paths.artifacts={tmp / 'artifacts'}",
         f"tracking.uri=sqlite:///{tmp / 'store' / 'x.db'}",
         cwd=work,
-        env={"PIPELINE_CONF_DIR": str(ROOT / "conf")},
+        env={"PIPELINE_CONF_DIR": str(ROOT / "conf"), "PIPELINE_ALLOWED_OUTPUTS": str(tmp / "artifacts")},
     )
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -139,7 +139,8 @@ def check_types(target: Any, cfg: Any, what: str) -> None:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # a hint naming what only a type checker imports: nothing to check against
         return
-    values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+    values = plain(cfg) if OmegaConf.is_config(cfg) else {k: plain(v) for k, v in dict(cfg).items()}  # a dict may hold ListConfig values
     for key, value in values.items():
         if not str(key).startswith("_") and key in hints and not _fits(value, hints[key]):
             raise PipelineError(f"{what}: key {key}={value!r} must be {_describe(hints[key])}")
