@@ -95,7 +95,7 @@ def test_divergent_pretrain_stops_the_chain(tmp_path):
     last = res.stderr.splitlines()[-1]  # after MLflow's notes on creating the store
     assert re.fullmatch(rf"error: pretrain mnist_to_digits seed=0: {DIVERGED}; lower pretrain.lr \(it trained with lr 1e\+30\)", last), res.stderr
     assert "Traceback" not in res.stderr
-    assert not (tmp_path / "artifacts" / "mnist_to_digits" / "source").exists()
+    assert not (tmp_path / "artifacts" / "mnist_to_digits" / "sources" / "source").exists()
     _, runs = mlflow_runs(compose_cfg(tmp_path), "mnist_to_digits")
     (run,) = runs
     assert run.info.status == "FAILED" and re.search(DIVERGED, run.data.tags["failure"])
@@ -138,3 +138,14 @@ def test_divergent_multitask_runs_fail_and_the_grid_goes_on(tmp_path):
     assert re.search(r"\| hard\+uncertainty \| 0 \| no result at this seed \| the training loss diverged", md)
     assert re.search(r"\| soft\+equal \| 0 \| another candidate chosen \| the training loss diverged", md)
     assert "| hard+uncertainty | failed (seeds [0]) |" in md
+
+
+def test_a_stage_run_alone_needs_no_sweep_objective(tmp_path):
+    """`pipeline finetune strategy=linear` (no network strategy, so nothing for a sweeper to optimise)
+    succeeds outside a sweep."""
+    from pipeline.stages import extract, prepare, pretrain
+
+    run_stages(tmp_path, (prepare, pretrain, extract))
+    res = run_cli("finetune", "strategy=linear", "budget=1", "seed=0", cwd=tmp_path, env={"PIPELINE_CONF_DIR": str(ROOT / "conf")})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "artifacts" / "mnist_to_digits" / "finetune" / "linear" / "k1_seed0.json").is_file()

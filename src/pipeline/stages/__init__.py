@@ -124,12 +124,22 @@ def hydra_entry(run: Callable[[DictConfig], Any], started: list | None = None, o
 
             check_untrusted(cfg)  # before the stage imports or runs anything a shared config names
             out = run(cfg)
-            return objective(out) if objective is not None else None
+            return objective(out) if objective is not None and sweeping() else None
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
 
     return main
+
+
+def sweeping() -> bool:
+    """Whether this job belongs to a sweep whose sweeper reads the app's return value (Optuna); a single
+    run, or Hydra's basic sweeper, has no objective, so a stage that has none to give still succeeds."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and not str(hc.sweeper.get("_target_", "")).endswith("BasicSweeper")
 
 
 # Hydra's own run/sweep directories would scatter outputs the pipeline never reads: results go to
