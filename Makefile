@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install demo demo-all test lint format params bench bench-weighting bench-branches bench-optimizer bench-pipeline mlflow-ui clean
+.PHONY: install demo demo-all test test-quick lint format params bench bench-weighting bench-branches bench-optimizer bench-pipeline mlflow-ui clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ demo demo-all: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-quick: lint  # the tests not marked slow
+	$(BIN)/python -m pytest -m 'not slow'
 
 # ruff (configured in pyproject.toml): lint and format check; `make format` rewrites.
 lint: $(STAMP)

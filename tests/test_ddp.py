@@ -22,6 +22,8 @@ import pytest
 
 from support import ROOT, mlflow_runs, run_cli, run_stages
 
+pytestmark = pytest.mark.slow  # a real server, queue, cluster launcher or several processes: `make test-quick` skips it
+
 EXACT = 1e-4  # no dropout: the same optimisation, float summation order aside
 DROPOUT_TOLERANCE = 0.05  # test accuracy, dropout on: other random masks (measured difference 0.006)
 

@@ -10,7 +10,7 @@ import pytest
 
 from support import BIN, ROOT, TINY, copy_project, sh
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def test_committed_params_yaml_matches_conf(tmp_path):

@@ -14,7 +14,7 @@ import yaml
 
 from support import BIN, copy_project, sh
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 EXP = "synthetic_related"
 

@@ -16,7 +16,7 @@ import pytest
 
 from support import BIN, ROOT, SYNTHETIC, TINY, mlflow_runs, run_stages
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL"), pytest.mark.slow]
 
 
 def start(stage: str, tmp: Path, overrides: list[str]) -> subprocess.Popen:

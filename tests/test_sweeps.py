@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from support import CONF, ROOT, TINY, run_cli
 
+pytestmark = pytest.mark.slow  # a real server, queue, cluster launcher or several processes: `make test-quick` skips it
+
 EXP = "mnist_to_digits"
 
 

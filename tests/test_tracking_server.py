@@ -16,6 +16,8 @@ from pipeline.errors import PipelineError
 from servers import mlflow_server, postgres, postgres_bin
 from support import ROOT, compose_cfg
 
+pytestmark = pytest.mark.slow  # a real server, queue, cluster launcher or several processes: `make test-quick` skips it
+
 CONFIGURED = yaml.safe_load((ROOT / "params.yaml").read_text())
 KEPT = ("scratch", "param_transfer")  # the baseline and one strategy that uses the source (lineage)
 SCORES = ("logme", "leep")
