@@ -44,6 +44,23 @@ def _pretrain_candidates(cfg: DictConfig) -> dict:
 candidates = SimpleNamespace(__name__="pipeline.stages.candidates", run=_pretrain_candidates)
 
 
+def cpu_settings(steps_per_batch: int = 0):
+    """The trainer settings unit tests fit with: one CPU process and thread, no bar, as conf/trainer/ spells them."""
+    from pipeline.config import TrainerConfig
+
+    return TrainerConfig(
+        accelerator="cpu",
+        devices=1,
+        strategy=None,
+        num_threads=1,
+        workers=1,
+        progress_bar=False,
+        deterministic=False,
+        val_every_n_epochs=1,
+        steps_per_batch=steps_per_batch,
+    )
+
+
 def run_stages(tmp: Path, stages, overrides: list[str] = (), zoo: bool = False) -> tuple[DictConfig, dict]:
     """Run `stages` in order on the real conf/ (TINY plus `overrides`) with tmp as working directory
     and store: (the config, {stage name: what its run returned}). zoo: keep conf/'s candidate sources."""

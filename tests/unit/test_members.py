@@ -6,23 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import FitConfig, TrainerConfig
+from pipeline.config import FitConfig
 from pipeline.data import TaskSpec
 from pipeline.multitask.architectures.soft import SoftSharing
 from pipeline.training import TaskModule, fit
 from pipeline.training.members import MembersModule, fit_members
+from support import cpu_settings
 
-SETTINGS = TrainerConfig(
-    accelerator="cpu",
-    devices=1,
-    strategy=None,
-    num_threads=1,
-    workers=1,
-    progress_bar=False,
-    deterministic=False,
-    val_every_n_epochs=1,
-    steps_per_batch=4,
-)
+SETTINGS = cpu_settings(steps_per_batch=4)
 RUN = FitConfig(lr=0.03, batch_size=32, max_epochs=30, patience=2, min_steps_per_epoch=1)
 COUPLINGS = [0.0, 0.05, 3.0]
 

@@ -12,22 +12,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.config import TrainerConfig
 from pipeline.data import TaskSpec
 from pipeline.models import architecture, build
 from pipeline.training import TaskModule, TensorLoader, selection_score, trainer
+from support import cpu_settings
 
-SETTINGS = TrainerConfig(
-    accelerator="cpu",
-    devices=1,
-    strategy=None,
-    num_threads=1,
-    workers=1,
-    progress_bar=False,
-    deterministic=False,
-    val_every_n_epochs=1,
-    steps_per_batch=0,
-)
+SETTINGS = cpu_settings()
 
 
 @pytest.mark.parametrize("k", [1, 3, 4, 7])

@@ -439,21 +439,12 @@ def _tiny_data(n=30, d=INPUT_DIM, classes=5, seed=0):
 def _train(plan, max_epochs=3):
     import functools
 
-    from pipeline.config import FitConfig, TrainerConfig
+    from pipeline.config import FitConfig
     from pipeline.training import TaskModule
     from pipeline.transfer.schedule import train_plan
+    from support import cpu_settings
 
-    settings = TrainerConfig(
-        accelerator="cpu",
-        devices=1,
-        strategy=None,
-        num_threads=1,
-        workers=1,
-        progress_bar=False,
-        deterministic=False,
-        val_every_n_epochs=1,
-        steps_per_batch=0,
-    )
+    settings = cpu_settings()
     run = FitConfig(lr=LR, batch_size=10, max_epochs=max_epochs, patience=max_epochs, min_steps_per_epoch=1)
     module = TaskModule.single(plan.net, TARGET, plan.param_groups, functools.partial(torch.optim.SGD, lr=0.1), plan.extra_loss)
     return train_plan(plan, module, _tiny_data(), run, settings, 0)
