@@ -137,6 +137,7 @@ def test_machine_tags_resolve_the_accelerator_as_lightning_does():
         ("finetune", ["trainer.devices=0"], "trainer.devices must be 1 or more"),
         ("pretrain", ["trainer.devices=2"], "the pretrain stage trains on one device"),
         ("multitask", ["trainer.devices=2"], "the multitask stage trains on one device"),
+        ("rank", ["trainer.devices=2"], "the rank stage trains on one device"),
     ],
 )
 def test_multi_process_settings_a_stage_cannot_honour_are_refused(make_cfg, stage, overrides, message):

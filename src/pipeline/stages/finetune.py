@@ -16,14 +16,13 @@ strategies' (`classic: true`). `strategy=<its name>` selects one alone; null fit
 
 from __future__ import annotations
 
-import sys
 import time
 
 from omegaconf import DictConfig
 
 from pipeline.data import budget_index
 from pipeline.errors import Diverged, PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, check_direction, config_dict, ended, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, check_direction, config_dict, ended, experiment, hydra_entry, layout, pick, warn_failed
 
 
 def run_params(cfg: DictConfig, strategy_name: str) -> dict:
@@ -429,13 +428,7 @@ def run(cfg: DictConfig) -> list[dict]:
             record["trials"] = [{key: g[key] for key in trial_keys if key in g} for g in group]
             results.append(record)
             group = []
-    if failures:
-        print(
-            f"warning: finetune {name}: {len(failures)} of {len(job_list)} runs failed and are recorded as failed in {paths.finetune}"
-            f" (their MLflow runs are FAILED; the report lists them): {failures[0]}"
-            + (f"; and {len(failures) - 1} more" if len(failures) > 1 else ""),
-            file=sys.stderr,
-        )
+    warn_failed(f"finetune {name}", failures, len(job_list), paths.finetune)
     results += linear_results
     # Written only once every run has finished, so a failure leaves no partial results behind.
     write_tree(paths.finetune, {f"{r['strategy']}/k{r['budget']}_seed{r['seed']}.json": r for r in results})

@@ -13,13 +13,12 @@ from the scheme's `auto_grid`; every candidate is an MLflow run, the chosen one 
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import Diverged, PipelineError, instantiate
-from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick
+from pipeline.stages import NO_EFFECT, config_dict, ended, experiment, hydra_entry, layout, pick, warn_failed
 
 
 def baseline(mcfg) -> tuple[str, str]:
@@ -401,14 +400,7 @@ def run(cfg: DictConfig) -> list[dict]:
                 f"{ended(chosen['epochs'], chosen['best_epoch'], mcfg.max_epochs)} {chosen['seconds']:5.1f}s",
                 flush=True,
             )
-        if failures:
-            runs = sum(len(a) for _, a in groups)
-            print(
-                f"warning: multitask {name}: {len(failures)} of {runs} runs failed and are recorded as failed in {paths.multitask}"
-                f" (their MLflow runs are FAILED; the report lists them): {failures[0]}"
-                + (f"; and {len(failures) - 1} more" if len(failures) > 1 else ""),
-                file=sys.stderr,
-            )
+        warn_failed(f"multitask {name}", failures, sum(len(a) for _, a in groups), paths.multitask)
         results = neural + (fitted if classic_wanted else [])
     # Written once every run has finished, so a failure leaves no partial results behind.
     files = {f"{r['scheme']}+{r['weighting']}/seed{r['seed']}.json": r for r in results}

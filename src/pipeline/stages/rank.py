@@ -27,7 +27,7 @@ import dataclasses
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
-from pipeline.stages import check_direction, experiment, hydra_entry, layout
+from pipeline.stages import check_direction, experiment, hydra_entry, layout, warn_failed
 
 PARAM = "param_transfer"
 
@@ -111,10 +111,10 @@ def run(cfg: DictConfig) -> list[dict]:
         raise PipelineError(f"transfer.val_labels must be 'budget' or 'all', got {tcfg.val_labels!r}")
 
     from pipeline.tracking import check_store
+    from pipeline.training.distributed import check
 
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
-
-    import sys
+    check(trainer_cfg, "rank")  # one device: several would rerun this stage in each process
 
     import numpy as np
     from omegaconf import OmegaConf
@@ -185,21 +185,21 @@ def run(cfg: DictConfig) -> list[dict]:
     job_list = [(v, k, seed) for v in chosen for k in budgets for seed in seeds]
     metric = task.primary
     probes, records, failures = [], [], []
-    with jobs(fit_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator)) as outs:
-        tracker = Tracker(name, cfg.tracking.uri)
+    params = {v: rank_params(cfg, layers[v]) for v in chosen}
+    with jobs(fit_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+        tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         # The probes are fitted here while the workers train.
         for view, part in views.items():
             source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
             probes += fit_linear(cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, features[view], source, view, stage="rank")
         for view, k, seed in job_list:
             plan, ckpt = plans[view], contexts[view].source
-            params = rank_params(cfg, layers[view])
             with tracker.run(
                 "rank",
                 variant=f"{PARAM}@{view}",
                 seed=seed,
                 data_hash=tgt.data_hash,
-                params={**params, "trial": setting},
+                params={**params[view], "trial": setting},
                 budget=k,
                 tags={"strategy": PARAM, "source": view, "trial": "0"},
                 dataset=("target", tgt.provenance),
@@ -227,7 +227,7 @@ def run(cfg: DictConfig) -> list[dict]:
                         },
                     )
             record = {
-                "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
+                "config_digest": digest({**params[view], "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
                 "strategy": PARAM,
                 "candidate": view,
                 "budget": int(k),
@@ -253,13 +253,7 @@ def run(cfg: DictConfig) -> list[dict]:
                 f" {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {out['seconds']:5.1f}s",
                 flush=True,
             )
-    if failures:
-        print(
-            f"warning: rank {name}: {len(failures)} of {len(job_list)} {PARAM} runs failed and are recorded as failed in {paths.rank}"
-            f" (their MLflow runs are FAILED; the sources report lists them): {failures[0]}"
-            + (f"; and {len(failures) - 1} more" if len(failures) > 1 else ""),
-            file=sys.stderr,
-        )
+    warn_failed(f"rank {name}", failures, len(job_list), paths.rank, reader="the sources report")
     # Written only once every run has finished, so a failure leaves no partial results behind.
     with atomic_dir(paths.rank) as tmp:
         for r in [*probes, *records]:
