@@ -1,10 +1,13 @@
 """Is scoring the zoo cheaper than fine-tuning from it? Every transferability score of
 `knowledge.scores` for every candidate view `extract` scores (each candidate's last features and inner
 blocks) at every budget x seed, timed against fine-tuning from all of them as the sources report needs
-it: the linear probe and untuned parameter transfer from every view (the rank stage, plus the own
-source's two in the finetune stage), side by side in one process. The issue's target: at most 0.05.
+it: the linear probe and parameter transfer, tuned as configured (`transfer.tuning`), from every view
+(the rank stage, plus the own source's two in the finetune stage), side by side in one process. The
+issue's target: at most 0.05.
 
-    PYTHONPATH=src python benchmarks/scoring.py [--exp mnist_to_digits] [--artifacts artifacts]
+    PYTHONPATH=src python benchmarks/scoring.py [--exp mnist_to_digits] [--artifacts artifacts] [overrides]
+
+`transfer.tuning.trials=1` as an override times untuned fine-tuning (one fit per result) instead.
 
 Reads the experiment's prepared data, candidate sources and extract outputs from --artifacts (`dvc repro
 extract@mnist_to_digits` first; read only: they are copied to a temporary directory, where the outputs
@@ -29,8 +32,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exp", default="mnist_to_digits")
     parser.add_argument("--artifacts", type=Path, default=ROOT / "artifacts", help="the DVC outputs to read (copied, never written)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. transfer.tuning.trials=1 (untuned fine-tuning)")
     parser.add_argument("--repeats", type=int, default=3, help="scoring passes; the median is printed")
     args = parser.parse_args()
+
+    import os
 
     import torch
     from hydra import compose, initialize_config_dir
@@ -45,11 +51,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="scoring-") as tmp:
         tmp = Path(tmp)
+        os.environ["PIPELINE_ALLOWED_OUTPUTS"] = str(tmp)  # outputs outside the project, allowed by whoever runs it (pipeline.config.check_paths)
         for part in ("data", "sources", "knowledge"):
             shutil.copytree(args.artifacts / args.exp / part, tmp / "artifacts" / args.exp / part)
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-            # The own source's share of the reference: the probe and untuned parameter transfer, as rank fits the others.
-            overrides = [f"exp={args.exp}", "trainer.progress_bar=false", "strategy=[param_transfer,linear_features]", "transfer.tuning.trials=1"]
+            # The own source's share of the reference: the probe and parameter transfer, as rank fits the others.
+            overrides = [f"exp={args.exp}", "trainer.progress_bar=false", "strategy=[param_transfer,linear_features]", *args.overrides]
             cfg = compose("config", overrides=overrides)
         with open_dict(cfg):
             cfg.paths.artifacts, cfg.paths.reports = str(tmp / "artifacts"), str(tmp / "reports")
@@ -102,11 +109,14 @@ def main() -> None:
         others = rank.run(cfg)
         rank_wall = time.perf_counter() - start
         fits = [*own, *others]
-        fit_seconds = sum(r.get("seconds", 0.0) for r in fits)  # a fit that failed in every trial has none
+        # Every trial's fits (a failed trial's seconds too); a linear probe has no trials.
+        fit_seconds = sum(sum(t.get("seconds", 0.0) for t in r.get("trials") or [r]) for r in fits)
+        n_trials = sum(len(r.get("trials") or [r]) for r in fits)
         wall = own_wall + rank_wall
         print(
             f"\n{args.exp}: {len(scores)} scores x {len(views)} candidate views x {len(exp.budgets)} budgets x {len(cfg.transfer.seeds)} seeds;"
-            f" fine-tuning from every view: {len(fits)} fits (linear probe and untuned param_transfer)"
+            f" fine-tuning from every view: {len(fits)} results (linear probe; param_transfer, {cfg.transfer.tuning.trials} trials each),"
+            f" {n_trials} fits or trials"
         )
         for s, seconds in sorted(each.items(), key=lambda kv: -kv[1]):
             print(f"  score {s:<18} {seconds:8.3f} s")

@@ -117,6 +117,13 @@ def test_every_candidate_is_trained_registered_scored_probed_and_ranked(zoo_run)
         assert Counter(r.data.tags["source"] for r in ranked) == {v: n for v in others}
         assert {r.info.status for r in ranked} == {"FINISHED"}
     assert not (art / "rank" / "param_transfer" / "source").exists()
+    # The own source's runs carry its name too, so the MLflow UI groups every candidate's runs by `source`.
+    own = [r for r in runs if r.data.tags.get("stage") == "finetune"]
+    assert {r.data.tags["strategy"]: r.data.tags.get("source") for r in own} == {
+        "param_transfer": "source",
+        "linear_features": "source",
+        "scratch": None,
+    }
     # Untuned (trial 0, the configured setting); a whole candidate transfers its backbone, a layer view its first blocks.
     whole = json.loads((art / "rank" / "param_transfer" / "uci_random" / "k1_seed0.json").read_text())
     block = json.loads((art / "rank" / "param_transfer" / "uci_random:block1" / "k1_seed0.json").read_text())
@@ -172,6 +179,38 @@ def test_divergent_rank_fits_fail_and_are_listed(zoo_run, tmp_path, capsys, monk
     assert "## Failed runs" in text and all(r["run_id"] in text for r in failed)
     assert {f["candidate"] for f in t.failed} == {r["candidate"] for r in failed}
     assert not set(t.transfer.candidate) & {f["candidate"] for f in t.failed}  # a failed fit is not averaged in
+
+
+def test_rank_tunes_parameter_transfer_as_finetune_does(zoo_run, tmp_path, monkeypatch):
+    """With transfer.tuning.trials > 1 every candidate's parameter transfer tries the finetune stage's trial
+    settings and keeps the one with the best cross-validated score; the report says so and reads the own
+    source's tuned result from finetune."""
+    from pipeline.report import sources
+    from pipeline.stages import finetune, rank
+
+    monkeypatch.chdir(tmp_path)
+    tmp, cfg = _copy(zoo_run, tmp_path, ["experiments.mnist_to_digits.budgets=[3]", "transfer.seeds=[0,1,2]", "transfer.tuning.trials=2"])
+    with open_dict(cfg):
+        cfg.strategy = ["param_transfer", "linear_features"]
+    own = {r["seed"]: r for r in finetune.run(cfg) if r["strategy"] == "param_transfer"}
+    out = [r for r in rank.run(cfg) if r["strategy"] == "param_transfer"]
+    assert out and all(len(r["trials"]) == 2 for r in out)
+    # The same trial settings as finetune's, trial 0 the configured one; the kept trial is the best by cross-validation.
+    assert all([t["setting"] for t in r["trials"]] == [t["setting"] for t in own[0]["trials"]] for r in out)
+    for r in out:
+        cv = [t["cv"] for t in r["trials"]]
+        assert r["trial"] == int(np.argmax(cv)) and r["cv"] == max(cv)
+    _, runs = mlflow_runs(cfg, EXP)
+    ranked = {r.info.run_id: r for r in runs}
+    tried = [ranked[t["run_id"]] for r in out for t in r["trials"]]
+    assert len({r.info.run_id for r in tried}) == 2 * len(out) and all("cv/acc" in r.data.metrics for r in tried)
+    assert {r.data.tags["trial"] for r in tried} == {"0", "1"} and {r.data.tags["stage"] for r in tried} == {"rank"}
+    assert all(ranked[t["run_id"]].data.tags["selected"] == str(t["trial"] == r["trial"]).lower() for r in out for t in r["trials"])
+    art = tmp / "artifacts" / EXP
+    t = sources.load(art / "knowledge", art / "finetune", art / "rank", art / "sources", EXP, "acc", True, [3])
+    assert t.trials == 2 and "**tuned** as the finetune stage tunes it: 2 trial settings" in sources.render(t)
+    mine = t.transfer[t.transfer.candidate == "source"].set_index("seed").value.to_dict()
+    assert mine == {seed: r["test"]["test/acc"] for seed, r in own.items()}
 
 
 def test_rank_refuses_features_that_are_not_finite(zoo_run, tmp_path):

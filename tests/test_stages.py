@@ -209,7 +209,7 @@ def test_regression_tables_get_rmse_and_r2_end_to_end(make_cfg, tmp_path):
     from support import mlflow_runs
 
     _, runs = mlflow_runs(cfg, "diabetes")
-    ft = [r for r in runs if r.data.tags["stage"] == "finetune" and "source" not in r.data.tags]  # not the probes of inner blocks
+    ft = [r for r in runs if r.data.tags["stage"] == "finetune"]
     assert len(ft) == 2 * (len(STRATEGIES) + 2) and all({"test/rmse", "test/r2"} <= set(r.data.metrics) for r in ft)
     assert sum(r.data.tags["strategy"] == "linear" for r in ft) == 2 and sum(r.data.tags["strategy"] == "linear_features" for r in ft) == 2
     ext = [r for r in runs if r.data.tags["stage"] == "extract" and r.data.tags["source"] == "source"]

@@ -15,8 +15,8 @@ class Probe(Score):
     kinds = ("classification", "regression")
     baseline = True
 
-    def __init__(self, folds: int = 5, c: float = 100.0) -> None:
-        self.folds, self.c = int(folds), float(c)
+    def __init__(self, folds: int = 3, c: float = 100.0, tol: float = 1e-3) -> None:
+        self.folds, self.c, self.tol = int(folds), float(c), float(tol)
 
     def compute(self, x: np.ndarray, y: np.ndarray) -> float:
         from sklearn.linear_model import LogisticRegression, Ridge
@@ -30,7 +30,7 @@ class Probe(Score):
             folds = min(self.folds, int(np.bincount(y).min()))
             if folds < 2:
                 raise NotApplicable("probe needs at least 2 labelled rows per class")
-            model, cv = LogisticRegression(C=self.c, max_iter=1000), StratifiedKFold(folds)
+            model, cv = LogisticRegression(C=self.c, tol=self.tol, max_iter=1000), StratifiedKFold(folds)
         else:
             folds = min(self.folds, len(y))
             if folds < 2:

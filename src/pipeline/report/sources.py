@@ -4,10 +4,10 @@ the candidates against what fine-tuning from each candidate achieves on the targ
 Two references, each a test metric per candidate, mean over seeds, on the budget's k labelled rows
 per class (the rows the scores read):
 - the linear probe (`linear_features`): a logistic or ridge regression on the candidate's features;
-- parameter transfer (`param_transfer`, its configured setting, untuned): the candidate's network
+- parameter transfer (`param_transfer`, tuned as the finetune stage tunes it): the candidate's network
   fine-tuned on the target (a layer view `<candidate>:block<i>`: its first i blocks transferred).
 The rank stage fits both from every candidate (artifacts/<exp>/rank/); the own source's come from
-the finetune stage (its `linear_features`, and trial 0 of its `param_transfer`, the same setting).
+the finetune stage (its `linear_features` and `param_transfer` results).
 
 Agreement is Kendall's τ between a score's mean and a reference's mean over candidates, with a 95 %
 percentile bootstrap interval over seeds (seeds resampled with replacement, both means recomputed:
@@ -50,15 +50,11 @@ class SourcesReport:
     transfer: pd.DataFrame = field(default_factory=_empty)  # parameter transfer: candidate, budget, seed, value
     failed: list[dict] = field(default_factory=list)  # {candidate, strategy, budget, seed, run_id, why}
     setting: dict | None = None  # parameter transfer's configured setting (trial 0)
+    trials: int = 1  # parameter transfer's trials per result (1: untuned)
     ranked: bool = True  # whether the rank stage's results were there
 
     def reference(self, name: str) -> pd.DataFrame:
         return self.probe if name == PROBE else self.transfer
-
-
-def _trial0(record: Mapping) -> Mapping:
-    """A finetune record's trial 0 (the configured setting): the record itself when untuned."""
-    return next((t for t in record.get("trials") or [] if int(t.get("trial", 0)) == 0), record)
 
 
 def load(
@@ -73,20 +69,20 @@ def load(
     scores = pd.DataFrame([r for r in records if r.get("value") is not None], columns=["candidate", "score", "budget", "seed", "value"])
     views = summary.get("candidates", {OWN: {}})
     rows: dict[str, list] = {PROBE: [], PARAM: []}
-    failed, setting = [], None
+    failed, setting, trials = [], None, 1
     for candidate in views:
         for strategy in REFERENCES:
             folder = finetune_dir / strategy if candidate == OWN else rank_dir / strategy / candidate
             for f in sorted(folder.glob("k*_seed*.json")):
                 r = json.loads(f.read_text())
-                if candidate != OWN and strategy == PARAM:
-                    setting = setting or r.get("setting")
-                t = _trial0(r) if candidate == OWN and strategy == PARAM else r
+                if strategy == PARAM and r.get("trials"):
+                    setting = setting or r["trials"][0].get("setting")
+                    trials = max(trials, len(r["trials"]))
                 where = {"candidate": candidate, "strategy": strategy, "budget": int(r["budget"]), "seed": int(r["seed"])}
-                if t.get("failed"):
-                    failed.append(where | {"run_id": t.get("run_id"), "why": t["failed"]})
+                if r.get("failed"):
+                    failed.append(where | {"run_id": r.get("run_id"), "why": r["failed"]})
                     continue
-                rows[strategy].append(where | {"value": float(t["test"][f"test/{metric}"])})
+                rows[strategy].append(where | {"value": float(r["test"][f"test/{metric}"])})
     about = {}
     for candidate, part in views.items():
         model = part.get("model", candidate)
@@ -106,6 +102,7 @@ def load(
         transfer=pd.DataFrame(rows[PARAM], columns=COLUMNS),
         failed=failed,
         setting=setting,
+        trials=trials,
         ranked=rank_dir.is_dir() or len(views) == 1,
     )
 
@@ -228,8 +225,18 @@ def render(t: SourcesReport, found: Mapping | None = None) -> str:
         f"the **linear probe** (`{PROBE}`: a linear model on the candidate's features) and **parameter transfer** (`{PARAM}`:",
         "the candidate's network fine-tuned on the target; a layer view `<candidate>:block<i>` transfers its first i blocks,",
         "the rest and the head start afresh).",
-        f"Parameter transfer runs with its configured setting{f' ({setting})' if setting else ''}, trial 0 of conf/transfer/{PARAM}.yaml:",
-        "**untuned** (the own source's result is trial 0 of the finetune stage's runs, the same setting).",
+        *(
+            [
+                f"Parameter transfer is **tuned** as the finetune stage tunes it: {t.trials} trial settings per result (trial 0 the configured",
+                f"one{f', {setting}' if setting else ''}; the others drawn from the search space of conf/transfer/{PARAM}.yaml), the trial",
+                "chosen by cross-validation on the budget's labelled rows (`transfer.tuning`); the own source's result is the finetune stage's.",
+            ]
+            if t.trials > 1
+            else [
+                f"Parameter transfer runs with its configured setting{f' ({setting})' if setting else ''} of conf/transfer/{PARAM}.yaml:",
+                "**untuned** (`transfer.tuning.trials=1`); the own source's result is the finetune stage's.",
+            ]
+        ),
         "Kendall's τ compares a score's ranking of the candidates with a reference's (1: the same order, 0: unrelated,",
         "−1: reversed), with a 95 % bootstrap interval over seeds (3 seeds or more); weighted τ counts swaps near the top more.",
         "A score is worth using where its τ beats the naive baselines " + ", ".join(f"`{b}`" for b in t.baselines) + " over the same candidates.",

@@ -80,6 +80,7 @@ def fit_linear(
     the linear probe the sources report ranks candidates by (stage `rank`)."""
     import torch
 
+    from pipeline.config import OWN_SOURCE
     from pipeline.multitask.baselines import LINEAR_FEATURES, linear_on_budget
     from pipeline.tracking import digest
     from pipeline.training import per_task_metrics
@@ -104,7 +105,7 @@ def fit_linear(
                 data_hash=tgt.data_hash,
                 params=params,
                 budget=k,
-                tags={"strategy": name, "classic": "true", **({"source": candidate} if candidate else {})},
+                tags={"strategy": name, "classic": "true", **({"source": candidate or OWN_SOURCE} if name == LINEAR_FEATURES else {})},
                 dataset=("target", tgt.provenance),
                 **lineage,
             ) as run_id:
@@ -201,6 +202,67 @@ def train_one(c: dict, job: tuple) -> dict:
     return {"result": result, "seconds": time.perf_counter() - start, "n_train": len(index["train"]), "folds": folds, "fits": sum(fits)}
 
 
+def log_trial(tracker, run_id: str, out: dict, plan, metric: str) -> None:
+    """A finished trial's MLflow metrics: what its fits logged, the kept fit's figures and, when tuned, its
+    cross-validated score."""
+    import numpy as np
+
+    result, folds = out["result"], out["folds"]
+    tracker.log_recorded(run_id, result.logged)
+    cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
+    fit = {
+        "best_epoch": result.best_epoch,
+        "seconds": out["seconds"],
+        "n_train": out["n_train"],
+        "n_copied": len(plan.copied),
+        "n_frozen": len(plan.frozen),
+    }
+    tracker.log_metrics(run_id, {**{f"fit/{k}": v for k, v in fit.items()}, **cv})
+
+
+def trial_entry(out: dict, trial: int, setting: dict, run_id: str, failed: str | None = None) -> dict:
+    """One trial of a result (`train_one`'s output `out`, logged as `run_id`), as `select` chooses among them."""
+    import numpy as np
+
+    if failed is not None:
+        return {"trial": trial, "setting": setting, "cv": None, "run_id": run_id, "failed": failed, "seconds": round(out["seconds"], 2)}
+    result, folds = out["result"], out["folds"]
+    return {
+        "trial": trial,
+        "setting": setting,
+        "cv": float(np.mean(folds)) if folds else None,
+        "run_id": run_id,
+        "test": result.test,
+        "best_val": result.best_val,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "seconds": round(out["seconds"], 2),
+        "fits": out["fits"],
+        "n_train": int(out["n_train"]),
+    }
+
+
+TRIAL_KEYS = ("trial", "setting", "cv", "run_id", "test", "seconds", "fits", "failed")
+
+
+def select(group: list[dict], higher_is_better: bool, tracker) -> dict:
+    """A result from its trials (`trial_entry`s): the trial with the best cross-validated score (a failed
+    one is never chosen; every trial failed: a failure the report lists) and every trial in brief. Each
+    trial's run is tagged `selected` when there were several."""
+    from pipeline.transfer import tuning
+
+    finished = [g for g in group if "failed" not in g]
+    if finished:
+        chosen = finished[tuning.best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in finished], higher_is_better)]
+        if len(group) > 1:
+            for g in group:
+                tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})
+        record = dict(chosen)
+    else:
+        record = {"run_id": group[0]["run_id"], "failed": group[0]["failed"] if len(group) == 1 else f"all {len(group)} trials failed"}
+    return record | {"trials": [{key: g[key] for key in TRIAL_KEYS if key in g} for g in group]}
+
+
 def train_beside(context: dict, job_list: list) -> list[dict]:
     """A DDP follower (pipeline.training.distributed): Lightning's launcher reran this stage with
     LOCAL_RANK > 0; it trains its share of rank zero's runs, in the same order, and logs and writes
@@ -248,6 +310,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     import numpy as np
 
+    from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet
     from pipeline.io import read_json, write_tree
     from pipeline.models import load_checkpoint
@@ -324,7 +387,11 @@ def run(cfg: DictConfig) -> list[dict]:
         for strategy_name, k, seed, trial in job_list:
             plan, params = plans[strategy_name], configured[strategy_name]
             uses_source = bool(plan.copied) or plan.inputs == "features"
-            tags = {"strategy": strategy_name, **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {})}
+            tags = {
+                "strategy": strategy_name,
+                **({"source": OWN_SOURCE} if uses_source else {}),  # the candidate the sources report and the MLflow UI group by
+                **({"knowledge_run_id": knowledge["run_id"]} if plan.inputs == "features" else {}),
+            }
             setting = trials[strategy_name][trial]
             job = (strategy_name, k, seed, trial)
             saved = state.done(job)
@@ -355,45 +422,16 @@ def run(cfg: DictConfig) -> list[dict]:
                         tracker.log_recorded(run_id, out["logged"])
                         tracker.fail(run_id, message)
                     else:
-                        result, seconds, folds = out["result"], out["seconds"], out["folds"]
-                        tracker.log_recorded(run_id, result.logged)
-                        cv = {f"cv/{metric}": float(np.mean(folds)), "cv/folds": len(folds)} if folds else {}
-                        tracker.log_metrics(
-                            run_id,
-                            {
-                                "fit/best_epoch": result.best_epoch,
-                                "fit/seconds": seconds,
-                                "fit/n_train": out["n_train"],
-                                "fit/n_copied": len(plan.copied),
-                                "fit/n_frozen": len(plan.frozen),
-                                **cv,
-                            },
-                        )
+                        log_trial(tracker, run_id, out, plan, metric)
+                group.append(trial_entry(out, trial, setting, run_id, message if "failed" in out else None))
                 if "failed" in out:
                     failures.append(message)
-                    group.append(
-                        {"trial": trial, "setting": setting, "cv": None, "run_id": run_id, "failed": message, "seconds": round(out["seconds"], 2)}
-                    )
                     print(
                         f"finetune {name} {strategy_name:<18} k={k:<3} seed={seed}{f' t{trial}' if n_trials > 1 else ''} FAILED: {out['failed']}",
                         flush=True,
                     )
                 else:
-                    group.append(
-                        {
-                            "trial": trial,
-                            "setting": setting,
-                            "cv": float(np.mean(folds)) if folds else None,
-                            "run_id": run_id,
-                            "test": result.test,
-                            "best_val": result.best_val,
-                            "best_epoch": result.best_epoch,
-                            "steps": result.steps,
-                            "seconds": round(seconds, 2),
-                            "fits": out["fits"],
-                            "n_train": int(out["n_train"]),
-                        }
-                    )
+                    result, seconds = out["result"], out["seconds"]
                     # A phased plan (LP-FT, gradual unfreezing) trains up to max_epochs in each phase.
                     phases = len(plan.phases or [None])
                     how = (
@@ -409,24 +447,13 @@ def run(cfg: DictConfig) -> list[dict]:
                 state.finish(job, group[-1])
             if len(group) < len(trials[strategy_name]):
                 continue
-            finished = [g for g in group if "failed" not in g]  # a failed trial is never chosen
             record = {
                 "config_digest": digest({**params, "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
                 "strategy": strategy_name,
                 "budget": int(k),
                 "seed": int(seed),
             }
-            trial_keys = ("trial", "setting", "cv", "run_id", "test", "seconds", "fits", "failed")
-            if finished:
-                chosen = finished[tuning.best_trial([g["cv"] if g["cv"] is not None else float("nan") for g in finished], task.higher_is_better)]
-                if len(group) > 1:
-                    for g in group:
-                        tracker.set_tags(g["run_id"], {"selected": str(g is chosen).lower()})
-                record |= chosen
-            else:  # every trial failed: the result is a failure, which the report lists
-                record |= {"run_id": group[0]["run_id"], "failed": group[0]["failed"] if len(group) == 1 else f"all {len(group)} trials failed"}
-            record["trials"] = [{key: g[key] for key in trial_keys if key in g} for g in group]
-            results.append(record)
+            results.append(record | select(group, task.higher_is_better, tracker))
             group = []
     warn_failed(f"finetune {name}", failures, len(job_list), paths.finetune)
     results += linear_results

@@ -6,23 +6,23 @@ blocks `<candidate>:block<i>`), at every label budget x seed, on the k labelled 
 scores and the finetune stage read (`pipeline.data.budget_index`):
 
 - the linear probe (`linear_features`, `finetune.fit_linear`): a linear model on the view's features;
-- parameter transfer (`param_transfer`) with its configured setting (trial 0 of its config, untuned),
-  trained by `finetune.train_one`: a whole candidate transfers the strategy's `transfer` layers, a
-  layer view `<candidate>:block<i>` its first i blocks, the rest and the head freshly initialised.
+- parameter transfer (`param_transfer`), tuned as the finetune stage tunes it (`transfer.tuning`: the
+  same trial settings, the trial chosen by cross-validation on the budget's labelled rows, as fine-tuning
+  results are obtained in the transferability literature) and trained by `finetune.train_one`: a whole
+  candidate transfers the strategy's `transfer` layers, a layer view `<candidate>:block<i>` its first i
+  blocks, the rest and the head freshly initialised. `transfer.tuning.trials=1`: its configured setting.
 
 The own source's last features are not refitted here: the finetune stage fits both there
-(`linear_features`, and `param_transfer`, whose trial 0 is this same setting) and the report reads
-them from it. Kept apart from finetune so that a change to the zoo does not retrain the strategies.
+(`linear_features`, and `param_transfer` with the same tuning) and the report reads them from it. Kept
+apart from finetune so that a change to the zoo does not retrain the strategies.
 
-One MLflow run per fit (stage `rank`, tags `strategy` and `source`), trained side by side on the
+One MLflow run per fit or trial (stage `rank`, tags `strategy`, `source` and `trial`), trained side by side on the
 machine's cores (`pipeline.training.parallel`); a fit whose loss diverges ends FAILED and the grid goes
 on, as in finetune. Results go to artifacts/<experiment>/rank/<strategy>/<view>/k<k>_seed<seed>.json,
 all at once when every run has finished.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from omegaconf import DictConfig
 
@@ -74,24 +74,21 @@ def block_prefixes(net, depth: int) -> list[str] | None:
 
 
 def fit_one(c: dict, job: tuple) -> dict:
-    """One parameter-transfer fit from view `job[0]` at (budget, seed): `finetune.train_one` with that
-    view's source (its TransferContext) and strategy, keyed by the view's name (trial 0, no folds)."""
+    """One parameter-transfer trial from view `job[0]` at (budget, seed, trial): `finetune.train_one` with
+    that view's source (its TransferContext) and strategy, keyed by the view's name."""
     from pipeline.stages.finetune import train_one
 
-    view, k, seed = job
-    return train_one({**c, "ctx": c["contexts"][view]}, (view, k, seed, 0))
+    return train_one({**c, "ctx": c["contexts"][job[0]]}, job)
 
 
 def rank_params(cfg: DictConfig, transfer: list[str]) -> dict:
-    """What a parameter-transfer run here is configured with: finetune's, less tuning (one untuned
-    setting) and the configured model (the architecture comes from the candidate's checkpoint)."""
+    """What a parameter-transfer run here is configured with: finetune's, less the configured model (the
+    architecture comes from the candidate's checkpoint), with the layers this view transfers."""
     from pipeline.stages.finetune import run_params
 
     params = run_params(cfg, PARAM)
     params.pop("model")
-    params["transfer"] = {k: v for k, v in params["transfer"].items() if k != "tuning"}
     params["strategy"] = {**params["strategy"], "transfer": list(transfer)}
-    params["strategy"].pop("search", None)
     return params
 
 
@@ -123,13 +120,12 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from pipeline.config import OWN_SOURCE
     from pipeline.data import TaskSet
-    from pipeline.errors import instantiate
     from pipeline.io import atomic_dir, read_json, write_json
     from pipeline.models import build, load_checkpoint
     from pipeline.multitask.baselines import LINEAR_FEATURES
     from pipeline.report.tuning import fmt_setting
     from pipeline.stages import ended
-    from pipeline.stages.finetune import fit_linear, source_lineage
+    from pipeline.stages.finetune import cv_folds, fit_linear, log_trial, select, source_lineage, trial_entry
     from pipeline.tracking import Tracker, digest
     from pipeline.training.parallel import jobs, worker_count
     from pipeline.transfer import TransferContext, tuning
@@ -149,12 +145,10 @@ def run(cfg: DictConfig) -> list[dict]:
         features[view] = np.load(path)
         check_features(features[view], view, path)
 
-    # Trial 0 of param_transfer: its configured setting, as an untuned finetune run trains it.
-    untuned = dataclasses.replace(tcfg, tuning=dataclasses.replace(tcfg.tuning, trials=1))
-    trials, strategies = tuning.plan(cfg.transfer.strategies, untuned, [PARAM])
-    setting = trials[PARAM][0]
-    node, _ = tuning.split_search(cfg.transfer.strategies[PARAM])
-    checkpoints, contexts, chosen, layers = {}, {}, {}, {}
+    # param_transfer tuned as the finetune stage tunes it (transfer.tuning): the same trial settings for every
+    # view, the trial chosen by cross-validation on the budget's labelled rows; trials=1: the configured setting.
+    node = cfg.transfer.strategies[PARAM]
+    checkpoints, contexts, strategies, layers, trials = {}, {}, {}, {}, []
     for view, part in views.items():
         model = part.get("model", view)
         if model not in checkpoints:
@@ -165,37 +159,41 @@ def run(cfg: DictConfig) -> list[dict]:
             prefixes = block_prefixes(build(ckpt["arch"]), int(depth))
             if prefixes is None:
                 continue  # a backbone without named blocks: the probe only
-            knobs = OmegaConf.merge(node, {"transfer": prefixes})
-            chosen[view] = instantiate(knobs, f"transfer strategy {PARAM} (first {depth} blocks of {model})")
+            view_node = OmegaConf.merge(node, {"transfer": prefixes})  # transfers the view's first `depth` blocks
         else:
-            chosen[view] = strategies[PARAM, 0]
-        layers[view] = list(chosen[view].transfer)
+            view_node = node
+        trials, built = tuning.plan({PARAM: view_node}, tcfg, [PARAM])
+        trials = trials[PARAM]
+        strategies |= {(view, i): built[PARAM, i] for i in range(len(trials))}
+        layers[view] = list(built[PARAM, 0].transfer)
         contexts[view] = TransferContext(source=ckpt, target=task, input_dim=tgt.x.shape[1], model_cfg=cfg.model)
-    plans = {v: chosen[v].build(contexts[v], float(setting.get("lr", tcfg.lr))) for v in chosen}  # what each copies: tags, metrics
+    plans = {v: strategies[v, 0].build(contexts[v], float(tcfg.lr)) for v in contexts}  # what each copies: tags, metrics
     context = {
         "tgt": tgt,
         "tcfg": tcfg,
         "trainer": trainer_cfg,
         "optimizer": cfg.optimizer,
-        "strategies": {(v, 0): s for v, s in chosen.items()},  # train_one looks a strategy up by (name, trial)
-        "trials": {v: [setting] for v in chosen},
-        "folds": {},  # untuned: no cross-validation
-        "mirrored": False,
+        "strategies": strategies,  # train_one looks a strategy up by (name, trial): here (view, trial)
+        "trials": {v: trials for v in contexts},
+        "folds": cv_folds(tgt, tcfg, budgets, seeds),
+        "mirrored": tuning.mirrors(tcfg),
         "contexts": contexts,
         "features": None,  # parameter transfer trains on the raw inputs
     }
-    job_list = [(v, k, seed) for v in chosen for k in budgets for seed in seeds]
+    n_trials = len(trials)
+    job_list = [(v, k, seed, i) for v in contexts for k in budgets for seed in seeds for i in range(n_trials)]
     metric = task.primary
-    probes, records, failures = [], [], []
-    params = {v: rank_params(cfg, layers[v]) for v in chosen}
+    probes, records, failures, group = [], [], [], []
+    params = {v: rank_params(cfg, layers[v]) for v in contexts}
     with jobs(fit_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
         # The probes are fitted here while the workers train.
         for view, part in views.items():
             source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
             probes += fit_linear(cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, features[view], source, view, stage="rank")
-        for view, k, seed in job_list:
-            plan, ckpt = plans[view], contexts[view].source
+        for view, k, seed, trial in job_list:
+            plan, ckpt, setting = plans[view], contexts[view].source, trials[trial]
+            label = f"{PARAM}@{view} k={k} seed={seed}" + (f" trial {trial}" if n_trials > 1 else "")
             with tracker.run(
                 "rank",
                 variant=f"{PARAM}@{view}",
@@ -203,58 +201,42 @@ def run(cfg: DictConfig) -> list[dict]:
                 data_hash=tgt.data_hash,
                 params={**params[view], "trial": setting},
                 budget=k,
-                tags={"strategy": PARAM, "source": view, "trial": "0"},
+                tags={"strategy": PARAM, "source": view, "trial": str(trial)},
                 dataset=("target", tgt.provenance),
+                suffix=f"t{trial}" if n_trials > 1 else None,
                 **source_lineage(ckpt),
             ) as run_id:
                 out = next(outs)  # a fit that raised (a bug) raises here: its MLflow run ends FAILED
+                message = None
                 if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
-                    message = (
-                        f"rank {name} {PARAM}@{view} k={k} seed={seed}: {out['failed']};"
-                        f" lower its learning rate (it trained with {fmt_setting(setting)})"
-                    )
+                    message = f"rank {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
                     tracker.log_recorded(run_id, out["logged"])
                     tracker.fail(run_id, message)
                 else:
-                    result = out["result"]
-                    tracker.log_recorded(run_id, result.logged)
-                    tracker.log_metrics(
-                        run_id,
-                        {
-                            "fit/best_epoch": result.best_epoch,
-                            "fit/seconds": out["seconds"],
-                            "fit/n_train": out["n_train"],
-                            "fit/n_copied": len(plan.copied),
-                            "fit/n_frozen": len(plan.frozen),
-                        },
-                    )
+                    log_trial(tracker, run_id, out, plan, metric)
+            group.append(trial_entry(out, trial, setting, run_id, message))
+            if message:
+                failures.append(message)
+                print(f"rank {name} {label} FAILED: {out['failed']}", flush=True)
+            else:
+                result = out["result"]
+                print(
+                    f"rank {name} {label} test/{metric}={result.test[f'test/{metric}']:.4f}"
+                    f" {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {out['seconds']:5.1f}s",
+                    flush=True,
+                )
+            if len(group) < n_trials:
+                continue
             record = {
                 "config_digest": digest({**params[view], "data_hash": tgt.data_hash, "source_run_id": ckpt["run_id"]}),
                 "strategy": PARAM,
                 "candidate": view,
                 "budget": int(k),
                 "seed": int(seed),
-                "trial": 0,
-                "setting": setting,
                 "transfer": layers[view],
-                "run_id": run_id,
-                "seconds": round(out["seconds"], 2),
-                "n_train": int(out["n_train"]),
             }
-            if "failed" in out:
-                failures.append(message)
-                records.append(record | {"failed": message})
-                print(f"rank {name} {PARAM + '@' + view:<30} k={k:<3} seed={seed} FAILED: {out['failed']}", flush=True)
-                continue
-            records.append(
-                record
-                | {"test": result.test, "best_val": result.best_val, "best_epoch": result.best_epoch, "steps": result.steps, "fits": out["fits"]}
-            )
-            print(
-                f"rank {name} {PARAM + '@' + view:<30} k={k:<3} seed={seed} test/{metric}={result.test[f'test/{metric}']:.4f}"
-                f" {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {out['seconds']:5.1f}s",
-                flush=True,
-            )
+            records.append(record | select(group, task.higher_is_better, tracker))
+            group = []
     if failures:  # not stages.warn_failed: these are the param_transfer runs alone, listed by the sources report
         more = f"; and {len(failures) - 1} more" if len(failures) > 1 else ""
         print(
