@@ -84,13 +84,12 @@ def test_mlflow_ui_shows_runs_params_datasets_and_the_source_model(pipeline_run,
     }
     for r in ft:
         tags, params = r["tags"], r["params"]
-        at = f"@{tags['source']}" if "source" in tags else ""  # the linear probe on another view's features (knowledge.layers)
-        assert r["info"]["run_name"] == f"{tags['strategy']}{at} k{tags['budget']} s{tags['seed']}"
+        assert r["info"]["run_name"] == f"{tags['strategy']} k{tags['budget']} s{tags['seed']}"
         assert {k: params[k] for k in ("strategy", "budget", "seed")} == {k: tags[k] for k in ("strategy", "budget", "seed")}
         ((ds, ds_tags),) = r["datasets"]
         assert (ds["name"], ds["digest"], ds_tags["mlflow.data.context"]) == ("mnist_to_digits/target", target_hash, "train")
         uses_source = tags["strategy"] not in ("scratch", "linear")
-        assert r["models"] == ([model_id] if uses_source else [])
+        assert r["models"] == ([model_id] if uses_source else []) and tags.get("source") == ("source" if uses_source else None)
         assert (f"runs/{pretrain_id}" in tags.get("mlflow.note.content", "")) == uses_source
 
     # Extract reads the target set (as evaluation data) through the source model; report has its own run.
