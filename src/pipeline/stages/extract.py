@@ -138,6 +138,9 @@ def run(cfg: DictConfig) -> dict:
     task = tgt.tasks[0]
     y = tgt.y[:, 0]
     tracker = Tracker(name, cfg.tracking.uri)
+    # threadpoolctl caps only the thread pools already loaded: scipy's and scikit-learn's come in with them.
+    import scipy.linalg  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     summary: dict = {}
