@@ -39,9 +39,9 @@ class Score:
         if not np.isfinite(x).all():
             raise PipelineError(f"{self.name}{at}: the source {self.inputs} hold NaN or infinite values")
         if kind == "classification":
-            if len(np.unique(y)) < 2:
+            classes, y = np.unique(y, return_inverse=True)  # classes 0..C-1 in sorted order
+            if len(classes) < 2:
                 raise PipelineError(f"{self.name}{at}: the labelled rows hold a single class; a score needs at least two")
-            y = np.unique(y, return_inverse=True)[1]  # classes 0..C-1 in sorted order
         else:
             y = y.astype(np.float64)
         return float(self.compute(x, y))

@@ -22,28 +22,40 @@ import numpy as np
 from pipeline.knowledge import Score, one_hot
 
 
-def evidence(s: np.ndarray, z: np.ndarray, yy: float, n: int, d: int, alpha: float, beta: float) -> tuple[float, float, float]:
-    """(L(alpha, beta), m^T m, ||F m - y||^2) from F's singular values s, z = U^T y and ||y||^2."""
+def fit_terms(sigma: np.ndarray, z2: np.ndarray, rest, t) -> tuple[np.ndarray, np.ndarray]:
+    """(m^T m, ||F m - y||^2) at t = alpha / beta from z^2 (one target column per row, the singular
+    directions along the last axis) and rest = ||y||^2 - ||z||^2, one value per row."""
+    t = np.asarray(t)[..., None]
+    w = z2 / (sigma + t) ** 2
+    return np.sum(sigma * w, axis=-1), np.sum(t**2 * w, axis=-1) + rest
+
+
+def evidence(s: np.ndarray, z: np.ndarray, yy, n: int, d: int, alpha, beta):
+    """(L(alpha, beta), m^T m, ||F m - y||^2) from F's singular values s, z = U^T y and ||y||^2; z may
+    hold several target columns as rows (shape (columns, r)), with yy, alpha and beta one value each."""
     sigma = s**2
-    t = alpha / beta
-    mm = float(np.sum(sigma * z**2 / (sigma + t) ** 2))
-    res = float(np.sum((t * z / (sigma + t)) ** 2) + max(yy - float(z @ z), 0.0))
-    log_det = float(np.sum(np.log(alpha + beta * sigma)) + (d - len(s)) * np.log(alpha))
+    mm, res = fit_terms(sigma, z**2, np.maximum(yy - np.sum(z**2, axis=-1), 0.0), alpha / beta)
+    log_det = np.sum(np.log(np.asarray(alpha)[..., None] + np.asarray(beta)[..., None] * sigma), axis=-1) + (d - len(s)) * np.log(alpha)
     value = n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi) - beta / 2 * res - alpha / 2 * mm - log_det / 2
-    return float(value), mm, res
+    return value, mm, res
 
 
-def maximise(s: np.ndarray, z: np.ndarray, yy: float, n: int, d: int, floor: float, iterations: int = 100, tol: float = 1e-5):
-    """(alpha, beta) at the fixed point above, from alpha = beta = 1."""
-    sigma = s**2
-    alpha, beta = 1.0, 1.0
+def maximise(s: np.ndarray, z: np.ndarray, yy, n: int, d: int, floor: float, iterations: int = 100, tol: float = 1e-5):
+    """(alpha, beta) at the fixed point above, from alpha = beta = 1, for every target column of z at
+    once (rows, as in `evidence`); each column stops at its own convergence, as if iterated alone."""
+    sigma, z2 = s**2, z**2
+    yy = np.asarray(yy, dtype=float)
+    rest = np.maximum(yy - np.sum(z2, axis=-1), 0.0)
+    alpha, beta = np.ones(yy.shape), np.ones(yy.shape)
+    active = np.ones(yy.shape, dtype=bool)
     for _ in range(iterations):
         t = alpha / beta
-        gamma = float(np.sum(sigma / (sigma + t)))
-        _, mm, res = evidence(s, z, yy, n, d, alpha, beta)
-        alpha = gamma / max(mm, 1e-300)
-        beta = max(n - gamma, 1e-12) / max(res, floor * yy, 1e-300)
-        if abs(alpha / beta - t) / t < tol:
+        gamma = np.sum(sigma / (sigma + t[..., None]), axis=-1)
+        mm, res = fit_terms(sigma, z2, rest, t)
+        alpha = np.where(active, gamma / np.maximum(mm, 1e-300), alpha)
+        beta = np.where(active, np.maximum(n - gamma, 1e-12) / np.maximum(np.maximum(res, floor * yy), 1e-300), beta)
+        active &= ~(np.abs(alpha / beta - t) / t < tol)
+        if not active.any():
             break
     return alpha, beta
 
@@ -61,9 +73,6 @@ class LogME(Score):
         u, s, _ = np.linalg.svd(x, full_matrices=False)
         keep = s > s.max() * max(n, d) * np.finfo(float).eps  # the rank's singular values
         u, s = u[:, keep], s[keep]
-        total = 0.0
-        for column in targets.T:
-            z, yy = u.T @ column, float(column @ column)
-            alpha, beta = maximise(s, z, yy, n, d, self.floor)
-            total += evidence(s, z, yy, n, d, alpha, beta)[0] / n
-        return total / targets.shape[1]
+        z, yy = targets.T @ u, np.sum(targets**2, axis=0)  # all target columns at once, one row each
+        alpha, beta = maximise(s, z, yy, n, d, self.floor)
+        return float(np.mean(evidence(s, z, yy, n, d, alpha, beta)[0] / n))

@@ -17,8 +17,12 @@ Bayes classifier with Gaussian classes of shared covariance in that space is
     p(c | x) = softmax_c( x^T S_w^-1 mu_c - 1/2 mu_c^T S_w^-1 mu_c + log pi_c ),   S_w = S_w^lambda,
 
 which is scikit-learn's `LinearDiscriminantAnalysis(solver="eigen", shrinkage=lambda)` exactly (its
-per-class shrinkage sums to the one above since the trace is linear); only lambda is written here,
-as no scikit-learn estimator chooses it by this rule (its "auto" is Ledoit-Wolf, not the paper's).
+per-class shrinkage sums to the one above since the trace is linear; no scikit-learn estimator
+chooses lambda by this rule, its "auto" is Ledoit-Wolf, not the paper's). That estimator solves the
+generalised eigenproblem for all d directions W (W^T S_w W = I) and takes S_w^-1 = W W^T; only the
+classifier is needed here, so `discriminant` solves S_w C^T = M^T for the coefficients directly, the
+same numbers (to rounding) at a fraction of the cost (tests/unit/test_knowledge_scores.py checks it
+against that eigenproblem).
 
 Self-challenge (ConfMix). The probabilities of a first fit, softened once more, q_i = softmax(p(. |
 x_i)), move each row toward the mean of the other classes' means by how unsure it is of its own:
@@ -42,8 +46,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.knowledge import NotApplicable, Score
-from pipeline.knowledge.hscore import class_means
+from pipeline.knowledge import NotApplicable, Score, one_hot
+
+
+def scatter(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(class means mu_c, priors pi_c, S_w = R^T R / n, R = the rows minus their class mean)."""
+    counts = np.bincount(y)
+    means = one_hot(y).T @ x / counts[:, None]  # a product, not np.add.at: several times faster
+    residual = x - means[y]
+    return means, counts / len(y), residual.T @ residual / len(y), residual
+
+
+def discriminant(x: np.ndarray, lam: float, means: np.ndarray, priors: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """p(c | x_i) of the shrunk shared-covariance Gaussian classifier of x's `scatter`, for its rows."""
+    d = x.shape[1]
+    shrunk = (1.0 - lam) * within
+    shrunk[np.diag_indices(d)] += lam * np.trace(within) / d
+    coef = np.linalg.solve(shrunk, means.T).T  # M S_w^-1, as S_w is symmetric
+    logits = x @ coef.T + (np.log(priors) - 0.5 * np.sum(means * coef, axis=1))
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def confmix(x: np.ndarray, y: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -61,26 +84,22 @@ class SFDA(Score):
     def __init__(self, rate: float = 5.0) -> None:
         self.rate = float(rate)
 
-    def shrinkage(self, x: np.ndarray, y: np.ndarray) -> float:
-        """lambda = exp(-a sigma_max(S_w)): S_w = R^T R / n with R the rows minus their class mean."""
-        residual = x - class_means(x, y)
-        if np.sum(residual**2) <= 1e-12 * len(y):  # tr S_w ~ 0 (x has tr S_t = 1)
+    def shrinkage(self, within: np.ndarray, residual: np.ndarray) -> float:
+        """lambda = exp(-a sigma_max(S_w)), S_w = R^T R / n from `scatter`; sigma_max from the smaller of
+        S_w and R R^T / n (the same nonzero eigenvalues)."""
+        n, d = residual.shape
+        if np.sum(residual**2) <= 1e-12 * n:  # tr S_w ~ 0 (x has tr S_t = 1)
             raise NotApplicable(
                 "sfda needs labelled rows that differ within a class; with one row per class (or constant features) the within-class scatter is zero"
             )
-        return max(float(np.exp(-self.rate * np.linalg.norm(residual, 2) ** 2 / len(y))), 1e-10)
+        small = within if d <= n else residual @ residual.T / n
+        return max(float(np.exp(-self.rate * np.linalg.eigvalsh(small)[-1])), 1e-10)
 
     def compute(self, x: np.ndarray, y: np.ndarray) -> float:
-        import warnings
-
-        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
         z = x - x.mean(axis=0)
         z /= max(float(np.sqrt(np.mean(np.sum(z**2, axis=1)))), 1e-300)
-        lam = self.shrinkage(z, y)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Only one sample available", UserWarning)  # a class of one row: zero scatter, as meant
-            first = LinearDiscriminantAnalysis(solver="eigen", shrinkage=lam).fit(z, y).predict_proba(z)
-            mixed = confmix(z, y, first)
-            second = LinearDiscriminantAnalysis(solver="eigen", shrinkage=lam).fit(mixed, y).predict_proba(mixed)
+        means, priors, within, residual = scatter(z, y)
+        lam = self.shrinkage(within, residual)
+        mixed = confmix(z, y, discriminant(z, lam, means, priors, within))
+        second = discriminant(mixed, lam, *scatter(mixed, y)[:3])
         return float(np.mean(second[np.arange(len(y)), y]))

@@ -8,7 +8,10 @@ by coding rates, the bits needed to encode the features up to distortion eps,
 Z the centred features (scaled to unit mean squared norm here, so candidates of different scales
 compare) and Z_c the rows of class c. High where the whole set spreads but each class is compact.
 With fewer labelled rows than feature dimensions both rates follow the rank, and random features,
-which have it in full, can outscore separating ones (tests/unit/test_knowledge_scores.py)."""
+which have it in full, can outscore separating ones (tests/unit/test_knowledge_scores.py).
+
+Each log det is taken on the smaller Gram matrix, det(I_d + c Z^T Z) = det(I_n + c Z Z^T) (Sylvester):
+a class of few rows costs an n_c x n_c determinant instead of a d x d one."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from pipeline.knowledge import Score
 
 def coding_rate(z: np.ndarray, eps: float) -> float:
     n, d = z.shape
-    return 0.5 * float(np.linalg.slogdet(np.eye(d) + d / (n * eps**2) * z.T @ z)[1])
+    gram = z.T @ z if d <= n else z @ z.T
+    return 0.5 * float(np.linalg.slogdet(np.eye(len(gram)) + d / (n * eps**2) * gram)[1])
 
 
 class TransRate(Score):
