@@ -248,7 +248,10 @@ def run(cfg: DictConfig) -> list[dict]:
     with atomic_dir(paths.rank) as tmp:
         for r in [*probes, *records]:
             write_json(tmp / r["strategy"] / r["candidate"] / f"k{r['budget']}_seed{r['seed']}.json", r)
-    print(f"rank {name}: {len(probes)} probe and {len(records)} {PARAM} fits over {len(views)} candidate views -> {paths.rank}")
+    print(
+        f"rank {name}: {len(probes)} probe fits and {len(records)} {PARAM} results ({n_trials} trials each)"
+        f" over {len(views)} candidate views -> {paths.rank}"
+    )
     return probes + records
 
 
