@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -165,6 +166,35 @@ def test_finetune_killed_mid_grid_reuses_the_finished_runs(pipeline_run, tmp_pat
     assert kept <= written  # the finished runs' records and MLflow runs, reused
     assert all(r.info.status == "FINISHED" for r in runs if r.info.run_id in written)
     assert len([r for r in runs if r.info.status == "FINISHED"]) == 8  # nothing trained twice
+
+
+def test_rank_killed_mid_grid_reuses_the_finished_trials(zoo_run, tmp_path):
+    from pipeline.stages import rank
+
+    exp = "mnist_to_digits"
+    grid = [f"exp={exp}", "trainer.workers=1", "transfer.tuning.trials=2", f"experiments.{exp}.budgets=[1,3]", "transfer.seeds=[0]"]
+    grid += ["transfer.max_epochs=6", "transfer.patience=6"]
+    parts = ["data", "sources", "knowledge"]
+    killed = copy_inputs(zoo_run["tmp"], tmp_path / "killed", exp, parts)
+    proc = start("rank", killed, grid)
+    # The probes of every view are kept first (one record each), then each trial as it ends.
+    views = len(json.loads((killed / "artifacts" / exp / "knowledge" / "summary.json").read_text())["candidates"]) - 1
+    kill_when(proc, lambda: finished_runs(killed, exp, "rank") >= views + 3 and running(killed), "three finished trials and a fourth started")
+    check_no_half_output(killed / "artifacts" / exp / "rank")
+    kept = {json.loads(p.read_text()).get("run_id") for p in (killed / ".resume" / exp).glob("rank-*/runs/*.json")} - {None}
+
+    out = finish("rank", killed, grid)
+    assert re.search(r"resumed: \d+ of \d+ param_transfer trials reused", out)
+    ref = copy_inputs(zoo_run["tmp"], tmp_path / "ref", exp, parts)
+    cfg, _ = run_stages(ref, [rank], grid, zoo=True)
+    assert comparable(killed / "artifacts" / exp / "rank") == comparable(ref / "artifacts" / exp / "rank")
+    runs = check_runs(killed, cfg, exp)
+    written = [json.loads(p.read_text()) for p in (killed / "artifacts" / exp / "rank" / "param_transfer").rglob("*.json")]
+    tried = {t["run_id"] for r in written for t in r["trials"]}
+    assert len(kept) >= 3 and kept <= tried  # the finished trials' records and MLflow runs, reused
+    trained = [r for r in runs if r.data.tags.get("stage") == "rank" and r.data.tags.get("strategy") == "param_transfer"]
+    assert len([r for r in trained if r.info.status == "FINISHED"]) == len(tried)  # no trial trained twice
+    assert not (killed / ".resume" / exp).exists()
 
 
 def test_multitask_killed_mid_fit_resumes_the_fit_and_reuses_finished_runs(tmp_path):

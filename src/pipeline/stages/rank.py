@@ -19,7 +19,8 @@ apart from finetune so that a change to the zoo does not retrain the strategies.
 One MLflow run per fit or trial (stage `rank`, tags `strategy`, `source` and `trial`), trained side by side on the
 machine's cores (`pipeline.training.parallel`); a fit whose loss diverges ends FAILED and the grid goes
 on, as in finetune. Results go to artifacts/<experiment>/rank/<strategy>/<view>/k<k>_seed<seed>.json,
-all at once when every run has finished.
+all at once when every run has finished. A rerun after the stage was killed reuses the fits it
+finished (`pipeline.resume`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def run(cfg: DictConfig) -> list[dict]:
     check_store(cfg.tracking.uri)  # a store that is down or wrong stops the stage before it trains
     check(trainer_cfg, "rank")  # one device: several would rerun this stage in each process
 
+    import functools
     import sys
 
     import numpy as np
@@ -124,6 +126,7 @@ def run(cfg: DictConfig) -> list[dict]:
     from pipeline.models import build, load_checkpoint
     from pipeline.multitask.baselines import LINEAR_FEATURES
     from pipeline.report.tuning import fmt_setting
+    from pipeline.resume import Resume, reap
     from pipeline.stages import ended
     from pipeline.stages.finetune import cv_folds, fit_linear, log_trial, select, source_lineage, trial_entry
     from pipeline.tracking import Tracker, digest
@@ -185,46 +188,60 @@ def run(cfg: DictConfig) -> list[dict]:
     metric = task.primary
     probes, records, failures, group = [], [], [], []
     params = {v: rank_params(cfg, layers[v]) for v in contexts}
-    with jobs(fit_one, context, job_list, worker_count(trainer_cfg.workers, len(job_list), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
+    # The fits a killed earlier try of this stage (same config and inputs) finished are kept, not retrained.
+    state = Resume.open(cfg, name, "rank", {"data_hash": tgt.data_hash, "knowledge_run_id": knowledge["run_id"]})
+    todo = [job for job in job_list if state.done(job) is None]
+    if len(todo) < len(job_list):
+        print(f"rank {name}: resumed: {len(job_list) - len(todo)} of {len(job_list)} {PARAM} trials reused from the killed run", flush=True)
+    with jobs(fit_one, context, todo, worker_count(trainer_cfg.workers, len(todo), trainer_cfg.accelerator, trainer_cfg.devices)) as outs:
         tracker = Tracker(name, cfg.tracking.uri, trainer=trainer_cfg)
+        reap(tracker, "rank")
         # The probes are fitted here while the workers train.
         for view, part in views.items():
             source = {"run_id": part["source_run_id"], "model_id": part.get("source_model_id")}
-            probes += fit_linear(cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, features[view], source, view, stage="rank")
+            fit = functools.partial(fit_linear, cfg, name, tgt, budgets, seeds, tracker, LINEAR_FEATURES, features[view], source, view, stage="rank")
+            probes += state.once(("probe", view), fit)
         for view, k, seed, trial in job_list:
             plan, ckpt, setting = plans[view], contexts[view].source, trials[trial]
             label = f"{PARAM}@{view} k={k} seed={seed}" + (f" trial {trial}" if n_trials > 1 else "")
-            with tracker.run(
-                "rank",
-                variant=f"{PARAM}@{view}",
-                seed=seed,
-                data_hash=tgt.data_hash,
-                params={**params[view], "trial": setting},
-                budget=k,
-                tags={"strategy": PARAM, "source": view, "trial": str(trial)},
-                dataset=("target", tgt.provenance),
-                suffix=f"t{trial}" if n_trials > 1 else None,
-                **source_lineage(ckpt),
-            ) as run_id:
-                out = next(outs)  # a fit that raised (a bug) raises here: its MLflow run ends FAILED
-                message = None
-                if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
-                    message = f"rank {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
-                    tracker.log_recorded(run_id, out["logged"])
-                    tracker.fail(run_id, message)
-                else:
-                    log_trial(tracker, run_id, out, plan, metric)
-            group.append(trial_entry(out, trial, setting, run_id, message))
-            if message:
-                failures.append(message)
-                print(f"rank {name} {label} FAILED: {out['failed']}", flush=True)
+            saved = state.done((view, k, seed, trial))
+            if saved is not None:  # finished before the stage was killed: its record and MLflow run as they were
+                group.append(saved)
+                failures += [saved["failed"]] if "failed" in saved else []
+                print(f"rank {name} {label} reused (run {saved['run_id']})", flush=True)
             else:
-                result = out["result"]
-                print(
-                    f"rank {name} {label} test/{metric}={result.test[f'test/{metric}']:.4f}"
-                    f" {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {out['seconds']:5.1f}s",
-                    flush=True,
-                )
+                with tracker.run(
+                    "rank",
+                    variant=f"{PARAM}@{view}",
+                    seed=seed,
+                    data_hash=tgt.data_hash,
+                    params={**params[view], "trial": setting},
+                    budget=k,
+                    tags={"strategy": PARAM, "source": view, "trial": str(trial)},
+                    dataset=("target", tgt.provenance),
+                    suffix=f"t{trial}" if n_trials > 1 else None,
+                    **source_lineage(ckpt),
+                ) as run_id:
+                    out = next(outs)  # a fit that raised (a bug) raises here: its MLflow run ends FAILED
+                    message = None
+                    if "failed" in out:  # diverged: the run ends FAILED, the grid goes on
+                        message = f"rank {name} {label}: {out['failed']}; lower its learning rate (it trained with {fmt_setting(setting)})"
+                        tracker.log_recorded(run_id, out["logged"])
+                        tracker.fail(run_id, message)
+                    else:
+                        log_trial(tracker, run_id, out, plan, metric)
+                group.append(trial_entry(out, trial, setting, run_id, message))
+                state.finish((view, k, seed, trial), group[-1])
+                if message:
+                    failures.append(message)
+                    print(f"rank {name} {label} FAILED: {out['failed']}", flush=True)
+                else:
+                    result = out["result"]
+                    print(
+                        f"rank {name} {label} test/{metric}={result.test[f'test/{metric}']:.4f}"
+                        f" {ended(result.epochs, result.best_epoch, tcfg.max_epochs)} {out['seconds']:5.1f}s",
+                        flush=True,
+                    )
             if len(group) < n_trials:
                 continue
             record = {
@@ -248,6 +265,7 @@ def run(cfg: DictConfig) -> list[dict]:
     with atomic_dir(paths.rank) as tmp:
         for r in [*probes, *records]:
             write_json(tmp / r["strategy"] / r["candidate"] / f"k{r['budget']}_seed{r['seed']}.json", r)
+    state.close()
     print(
         f"rank {name}: {len(probes)} probe fits and {len(records)} {PARAM} results ({n_trials} trials each)"
         f" over {len(views)} candidate views -> {paths.rank}"
