@@ -249,13 +249,13 @@ def ended(epochs: int, best_epoch: int, max_epochs: int) -> str:
     return f"epochs {epochs}/{max_epochs} ({'early stop' if epochs < max_epochs else 'cap'}), best {best_epoch + 1}"
 
 
-def warn_failed(label: str, failures: list[str], runs: int, where, reader: str = "the report") -> None:
-    """One warning for a grid's failed (diverged) runs: how many of `runs`, where their records are, and
-    the first message; their MLflow runs are FAILED and `reader` lists them."""
+def warn_failed(label: str, failures: list[str], runs: int, where, reader: str = "the report", what: str = "runs") -> None:
+    """One warning for a grid's failed (diverged) runs: how many of `runs` (`what` they are), where their
+    records are, and the first message; their MLflow runs are FAILED and `reader` lists them."""
     if failures:
         more = f"; and {len(failures) - 1} more" if len(failures) > 1 else ""
         print(
-            f"warning: {label}: {len(failures)} of {runs} runs failed and are recorded as failed in {where}"
+            f"warning: {label}: {len(failures)} of {runs} {what} failed and are recorded as failed in {where}"
             f" (their MLflow runs are FAILED; {reader} lists them): {failures[0]}{more}",
             file=sys.stderr,
         )

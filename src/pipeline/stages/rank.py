@@ -28,7 +28,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
-from pipeline.stages import check_direction, experiment, hydra_entry, layout
+from pipeline.stages import check_direction, experiment, hydra_entry, layout, warn_failed
 
 PARAM = "param_transfer"
 
@@ -115,7 +115,6 @@ def run(cfg: DictConfig) -> list[dict]:
     check(trainer_cfg, "rank")  # one device: several would rerun this stage in each process
 
     import functools
-    import sys
 
     import numpy as np
     from omegaconf import OmegaConf
@@ -254,13 +253,7 @@ def run(cfg: DictConfig) -> list[dict]:
             }
             records.append(record | select(group, task.higher_is_better, tracker))
             group = []
-    if failures:  # not stages.warn_failed: these are the param_transfer runs alone, listed by the sources report
-        more = f"; and {len(failures) - 1} more" if len(failures) > 1 else ""
-        print(
-            f"warning: rank {name}: {len(failures)} of {len(job_list)} {PARAM} runs failed and are recorded as failed in {paths.rank}"
-            f" (their MLflow runs are FAILED; the sources report lists them): {failures[0]}{more}",
-            file=sys.stderr,
-        )
+    warn_failed(f"rank {name}", failures, len(job_list), paths.rank, reader="the sources report", what=f"{PARAM} runs")
     # Written only once every run has finished, so a failure leaves no partial results behind.
     with atomic_dir(paths.rank) as tmp:
         for r in [*probes, *records]:
